@@ -64,24 +64,34 @@ def segment_particles(
     threshold: float | None = None,
     min_area_px: int = 20,
     split_touching: bool = True,
+    split_by: str = "shape_and_edge_jump",
     min_distance_px: int = 3,
-    split_depth: float = 0.2,
+    split_depth: float = 0.25,
     min_split_depth_px: float = 1.0,
+    smooth_sigma_px: float = 1.5,
+    n_sigma: float = 3.0,
     median_size_px: int = 3,
 ) -> np.ndarray:
     """Label the particles in an edge-jump image.
 
     The thickness mask (:func:`thickness_mask`, or ``mask`` when given) is labelled into
     connected components (8-connectivity); components smaller than ``min_area_px`` are dropped.
-    With ``split_touching``, each component is split by a marker-controlled watershed on its
-    Euclidean distance transform, seeded at the local maxima of the distance (at least
-    ``min_distance_px`` apart). Over-splitting of irregular shapes is then undone by merging
-    neighbouring regions, highest neck first, unless the neck between them is clearly narrower
-    than the smaller of the two: a split is kept only when the distance-transform peak of the
-    smaller region exceeds the value on the shared boundary (the saddle) by at least
-    ``max(min_split_depth_px, split_depth * peak)``, and both regions have ``min_area_px``.
-    Two equal discs that touch have a saddle near 0 and stay split; an ellipse, a bean or a
-    noisy outline has saddles close to its peaks and stays whole.
+    With ``split_touching``, each component is split by a marker-controlled watershed over a
+    landscape that peaks inside particles and dips where they touch, seeded at its local maxima
+    (at least ``min_distance_px`` apart):
+
+    * ``split_by="shape"``: the Euclidean distance to the background (a neck in the outline);
+    * ``split_by="shape_and_edge_jump"`` (default): that distance times the smoothed edge jump
+      above background. Projected particles thin out toward their outline, so two touching
+      particles show a valley of edge jump along their contact even when the outline has no
+      neck (a tight cluster of small particles).
+
+    Over-splitting of irregular shapes is then undone by merging neighbouring regions, highest
+    saddle first, unless the saddle between them is clearly below the smaller of their two peaks:
+    a split is kept only when ``peak - saddle >= split_depth * peak`` (and, for
+    ``split_by="shape"``, ``>= min_split_depth_px``) and both regions have ``min_area_px``.
+    An ellipse, a bean or a wavy outline of even thickness has saddles close to its peak and
+    stays whole.
 
     Parameters
     ----------
@@ -95,14 +105,20 @@ def segment_particles(
         Smallest particle kept, in pixels.
     split_touching : bool
         Split touching particles (watershed); otherwise particles are connected components.
+    split_by : {"shape_and_edge_jump", "shape"}
+        Landscape of the watershed (see above).
     min_distance_px : int
         Minimum distance between watershed seeds.
     split_depth : float
-        Relative depth of the neck needed to keep two touching particles apart (0-1).
+        Relative depth of the saddle needed to keep two touching particles apart (0-1).
     min_split_depth_px : float
-        Absolute depth of the neck (pixels of the distance transform) needed to keep a split.
-    median_size_px : int
-        Median filter before thresholding, passed to :func:`thickness_mask`.
+        Absolute depth (pixels of distance) needed to keep a split with ``split_by="shape"``.
+    smooth_sigma_px : float
+        Gaussian smoothing of the edge jump for ``split_by="shape_and_edge_jump"``.
+    n_sigma, median_size_px
+        Automatic threshold (multiple of the background noise) and median filter, passed to
+        :func:`thickness_mask`. A low ``n_sigma`` keeps the thin rims of rounded particles; the
+        isolated noise pixels it lets through are removed by ``min_area_px``.
 
     Returns
     -------
@@ -111,7 +127,9 @@ def segment_particles(
     """
     image = finite_image_2d(edge_jump_image, name="edge_jump_image")
     if mask is None:
-        mask = thickness_mask(image, threshold=threshold, median_size_px=median_size_px)
+        mask = thickness_mask(
+            image, threshold=threshold, n_sigma=n_sigma, median_size_px=median_size_px
+        )
     else:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != image.shape:
@@ -125,9 +143,15 @@ def segment_particles(
     foreground = keep[components]
     if not split_touching:
         return _relabel_raster(np.where(foreground, components, 0))
-    distance = ndimage.distance_transform_edt(foreground)
+    if split_by not in ("shape", "shape_and_edge_jump"):
+        raise ValueError(f"split_by must be 'shape' or 'shape_and_edge_jump', got {split_by!r}")
+    landscape = ndimage.distance_transform_edt(foreground)
+    min_depth = min_split_depth_px
+    if split_by == "shape_and_edge_jump":
+        landscape *= _edge_jump_above_background(image, foreground, smooth_sigma_px)
+        min_depth = 0.0
     seeds = peak_local_max(
-        distance,
+        landscape,
         min_distance=max(1, int(min_distance_px)),
         labels=np.where(foreground, components, 0),
         exclude_border=False,
@@ -136,16 +160,16 @@ def segment_particles(
     seeded[components[tuple(seeds.T)]] = True
     unseeded = np.flatnonzero(keep & ~seeded)
     if unseeded.size:  # a component must never vanish for lack of a seed
-        extra = ndimage.maximum_position(distance, components, unseeded)
+        extra = ndimage.maximum_position(landscape, components, unseeded)
         seeds = np.concatenate([seeds.reshape(-1, 2), np.asarray(extra).reshape(-1, 2)])
     markers = np.zeros(image.shape, dtype=np.int32)
     markers[tuple(seeds.T)] = np.arange(1, len(seeds) + 1, dtype=np.int32)
-    regions = watershed(-distance, markers, mask=foreground)
+    regions = watershed(-landscape, markers, mask=foreground)
     merged = _merge_shallow_splits(
         regions,
-        distance,
+        landscape,
         split_depth=split_depth,
-        min_split_depth_px=min_split_depth_px,
+        min_split_depth_px=min_depth,
         min_area_px=min_area_px,
     )
     labels = _relabel_raster(merged)
@@ -153,6 +177,20 @@ def segment_particles(
         "%d particles from %d components (%d watershed seeds)", labels.max(), keep.sum(), len(seeds)
     )
     return labels
+
+
+def _edge_jump_above_background(
+    image: np.ndarray, foreground: np.ndarray, sigma_px: float
+) -> np.ndarray:
+    """Smoothed edge jump minus the background median, clipped at 0, zero outside particles."""
+    finite = np.isfinite(image)
+    smooth = np.where(finite, image, 0.0).astype(np.float64)
+    if sigma_px > 0:
+        weights = ndimage.gaussian_filter(finite.astype(np.float64), sigma_px)
+        smooth = ndimage.gaussian_filter(smooth, sigma_px) / np.maximum(weights, 1e-6)
+    outside = ~foreground & finite
+    background = float(np.median(smooth[outside])) if outside.any() else 0.0
+    return np.where(foreground, np.clip(smooth - background, 0.0, None), 0.0)
 
 
 def _relabel_raster(labels: np.ndarray) -> np.ndarray:
@@ -168,7 +206,7 @@ def _relabel_raster(labels: np.ndarray) -> np.ndarray:
 
 def _merge_shallow_splits(
     regions: np.ndarray,
-    distance: np.ndarray,
+    landscape: np.ndarray,
     *,
     split_depth: float,
     min_split_depth_px: float,
@@ -181,8 +219,8 @@ def _merge_shallow_splits(
     # Saddle of each adjacent pair: highest value, along the shared boundary, of the lower side.
     keys, saddles = [], []
     for a, b, da, db in (
-        (regions[:, :-1], regions[:, 1:], distance[:, :-1], distance[:, 1:]),
-        (regions[:-1, :], regions[1:, :], distance[:-1, :], distance[1:, :]),
+        (regions[:, :-1], regions[:, 1:], landscape[:, :-1], landscape[:, 1:]),
+        (regions[:-1, :], regions[1:, :], landscape[:-1, :], landscape[1:, :]),
     ):
         touching = (a != b) & (a > 0) & (b > 0)
         lo = np.minimum(a[touching], b[touching]).astype(np.int64)
@@ -198,7 +236,7 @@ def _merge_shallow_splits(
     first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     pair_keys, pair_saddles = keys[first], saddles[first]
     index = np.arange(n + 1)
-    peak = np.asarray(ndimage.maximum(distance, regions, index), dtype=np.float64)
+    peak = np.asarray(ndimage.maximum(landscape, regions, index), dtype=np.float64)
     area = np.bincount(regions.ravel(), minlength=n + 1).astype(np.int64)
     parent = np.arange(n + 1)
 
