@@ -1,0 +1,427 @@
+"""Regenerate an archived run's documents, with image data filled, for replay.
+
+Two ways, yielding the same ``(name, doc)`` sequence (start, then descriptors and events in
+time order, then stop):
+
+- :func:`documents_from_arrays` (the fast path): reads each stream's event table once and its
+  arrays in blocks, directly from the zarr/HDF5/npy files behind the tiled array nodes when
+  they are on this machine, else through tiled's binary array API.
+- :func:`documents_from_export` (the reference): tiled's JSON document export
+  (``run.documents()``), which is slow for images (every pixel goes through JSON). External
+  data, exported as ``stream_resource``/``stream_datum`` documents, is filled from the array
+  nodes and those two document kinds are not yielded.
+
+Events carry numpy arrays for image keys; keys the descriptor marks ``external`` are listed
+in ``event["filled"]`` as True, so an ``event_model.Filler`` downstream leaves them alone.
+Event uids are tiled's synthetic ``event-<descriptor uid>-<seq_num>`` (the archive keeps
+the data, not the original event uids).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from .catalog import CatalogError, lookup_run, plain
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ReplayError",
+    "count_events",
+    "documents_from_arrays",
+    "documents_from_export",
+    "replay_documents",
+]
+
+Progress = Callable[[int, int], Any]
+#: Rows of an array node read per request/file read (rounded to whole rows).
+BLOCK_BYTES = 64 << 20
+
+
+class ReplayError(CatalogError):
+    """A run's data could not be read back (names the run, stream and data key)."""
+
+
+# ---------------------------------------------------------------------------- array access
+def _local_path(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        return None
+    path = Path(unquote(parsed.path))
+    return path if path.exists() else None
+
+
+def _direct_reader(node, shape: tuple, dtype: np.dtype) -> Callable[[int, int], np.ndarray] | None:
+    """A ``read(start, stop)`` over axis 0 straight from the node's files, or None."""
+    sources = node.data_sources() or []
+    if len(sources) != 1:
+        return None
+    source = sources[0]
+    assets = sorted(source.assets, key=lambda a: a.num or 0)
+    paths = [_local_path(a.data_uri) for a in assets]
+    if not paths or any(p is None for p in paths):
+        return None
+    mimetype = source.mimetype.split(";")[0]
+    if source.mimetype == "application/x-zarr" and len(paths) == 1:
+        import zarr
+
+        array = zarr.open_array(str(paths[0]), mode="r")
+        if tuple(array.shape) == shape and np.dtype(array.dtype) == dtype:
+            return lambda a, b: np.asarray(array[a:b])
+    elif mimetype == "application/x-hdf5":
+        import h5py
+
+        dataset = source.parameters.get("dataset") or "/entry/data/data"
+        files = [h5py.File(p, "r", locking=False) for p in paths]
+        parts = [f[dataset] for f in files]
+        if (
+            all(np.dtype(p.dtype) == dtype for p in parts)
+            and (
+                sum(p.shape[0] for p in parts),
+                *parts[0].shape[1:],
+            )
+            == shape
+        ):
+            offsets = np.cumsum([0] + [p.shape[0] for p in parts])
+            return lambda a, b: _read_parts(parts, offsets, a, b)
+    elif source.mimetype == "multipart/related;type=application/x-npy" and len(paths) == shape[0]:
+        first = np.load(paths[0], mmap_mode="r")
+        if first.shape == shape[1:] and first.dtype == dtype:
+            return lambda a, b: np.stack([np.load(p) for p in paths[a:b]])
+    return None
+
+
+def _read_parts(parts, offsets, start: int, stop: int) -> np.ndarray:
+    pieces = []
+    for part, lo, hi in zip(parts, offsets[:-1], offsets[1:], strict=True):
+        a, b = max(start, lo), min(stop, hi)
+        if a < b:
+            pieces.append(np.asarray(part[a - lo : b - lo]))
+    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+
+
+class _ArrayRows:
+    """Rows of one array node, read in cached blocks, directly from files when possible."""
+
+    def __init__(self, node, *, direct: bool = True, block_bytes: int = BLOCK_BYTES):
+        structure = node.structure()
+        self.shape = tuple(structure.shape)
+        self.dtype = np.dtype(structure.data_type.to_numpy_dtype())
+        row_bytes = max(1, int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize)
+        self.block = max(1, block_bytes // row_bytes)
+        reader = _direct_reader(node, self.shape, self.dtype) if direct else None
+        self.direct = reader is not None
+        self._read = reader or (lambda a, b: np.asarray(node[a:b]))
+        self._lo, self._data = 0, np.empty((0, *self.shape[1:]), self.dtype)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if stop > self.shape[0] or start < 0:
+            raise IndexError(f"rows {start}:{stop} outside an array of shape {self.shape}")
+        lo, hi = self._lo, self._lo + len(self._data)
+        if not (lo <= start and stop <= hi):
+            self._lo = start
+            self._data = self._read(start, max(stop, min(self.shape[0], start + self.block)))
+            lo = start
+        return self._data[start - lo : stop - lo].copy()
+
+
+def _event_value(rows: _ArrayRows, index: int, datum_shape: list) -> np.ndarray:
+    """The array of datum ``index``: one row (stacked layout) or a run of rows (concat)."""
+    if len(rows.shape) == len(datum_shape) + 1:
+        return rows.rows(index, index + 1)[0]
+    per = int(datum_shape[0]) if datum_shape else 1
+    return rows.rows(index * per, (index + 1) * per)
+
+
+def _builtin(value: Any) -> Any:
+    """Table cells as JSON builtins, exactly as tiled's JSON exporter emits them."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_builtin(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------- progress
+class _Progress:
+    def __init__(self, total: int, progress: bool | Progress | None, label: str):
+        self.total, self.done, self._bar, self._call = total, 0, None, None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="event", desc=label, leave=False)
+        elif callable(progress):
+            self._call = progress
+
+    def step(self) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if self._call is not None:
+            self._call(self.done, self.total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ---------------------------------------------------------------------------- fast path
+def _stream_plan(run, stream_name: str, start_uid: str, *, direct: bool):
+    """Descriptors and lightweight event records of one stream, plus its array readers."""
+    from bluesky_tiled_plugins.exporters import build_descriptor_docs
+
+    stream = run[stream_name].base
+    meta = plain(stream.metadata)
+    descriptors = build_descriptor_docs(dict(meta), stream_name, run_start_uid=start_uid)
+    data_keys = meta.get("data_keys", {})
+    parts = list(stream)
+    table = stream["internal"].read() if "internal" in parts else None
+    arrays = {k: _ArrayRows(stream[k], direct=direct) for k in parts if k != "internal"}
+    records: dict[int, dict] = {}
+    if table is not None:
+        keys = [
+            k for k in table.columns if k not in ("seq_num", "time") and not k.startswith("ts_")
+        ]
+        ts_cols = [k for k in table.columns if k.startswith("ts_")]
+        for row in table.to_dict(orient="records"):
+            records[row["seq_num"]] = {
+                "time": row["time"],
+                "data": {k: _builtin(row[k]) for k in keys},
+                "timestamps": {k: row[f"ts_{k}"] for k in keys},
+                "table_ts": {k[3:]: row[k] for k in ts_cols},
+            }
+    internal = [k for k in arrays if not data_keys.get(k, {}).get("external")]
+    if not records and internal:
+        n = arrays[internal[0]].shape[0]
+        records = {
+            sn: {"time": 0.0, "data": {}, "timestamps": {}, "table_ts": {}}
+            for sn in range(1, n + 1)
+        }
+    times = [(d["uid"], d["time"]) for d in descriptors]
+    entries = [(d["time"], "descriptor", d) for d in descriptors]
+    for index, sn in enumerate(sorted(records)):
+        rec = records[sn]
+        desc_uid = times[0][0]
+        for uid, t in times[1:]:
+            if t <= rec["time"]:
+                desc_uid = uid
+        entries.append((rec["time"], "event", (stream_name, index, sn, desc_uid)))
+    return data_keys, records, arrays, entries
+
+
+def documents_from_arrays(
+    run, *, progress: bool | Progress | None = None, direct: bool = True
+) -> Iterator[tuple[str, dict]]:
+    """Yield a run's documents with arrays read directly (the fast replay path).
+
+    Parameters
+    ----------
+    run : BlueskyRun client
+        A run of a tiled catalog (see :func:`streamer.catalog.lookup_run`).
+    progress : bool or callable, optional
+        ``True`` for a tqdm bar with ETA, or ``progress(n_done, n_total)`` called per event.
+    direct : bool
+        Read zarr/HDF5/npy files directly when they are local (else tiled's array API).
+    """
+    metadata = run.metadata
+    start = plain(metadata["start"])
+    streams, entries = {}, []
+    for name in run:
+        data_keys, records, arrays, stream_entries = _stream_plan(
+            run, name, start["uid"], direct=direct
+        )
+        streams[name] = (data_keys, records, arrays)
+        entries.extend(stream_entries)
+    entries.sort(key=lambda e: e[0])  # stable, like the exporter's sort
+    n_events = sum(len(s[1]) for s in streams.values())
+    bar = _Progress(n_events, progress, f"replay {start['uid'][:8]}")
+    try:
+        yield "start", start
+        for _, kind, payload in entries:
+            if kind == "descriptor":
+                yield "descriptor", payload
+                continue
+            stream_name, index, sn, desc_uid = payload
+            data_keys, records, arrays = streams[stream_name]
+            rec = records[sn]
+            event = {
+                "seq_num": sn,
+                "time": rec["time"],
+                "uid": f"event-{desc_uid}-{sn}",
+                "descriptor": desc_uid,
+                "data": dict(rec["data"]),
+                "timestamps": dict(rec["timestamps"]),
+            }
+            filled = {}
+            for key, rows in arrays.items():
+                shape = list(data_keys.get(key, {}).get("shape") or rows.shape[1:])
+                try:
+                    event["data"][key] = _event_value(rows, index, shape)
+                except Exception as err:
+                    raise ReplayError(
+                        f"run {start['uid']}: cannot read {stream_name}/{key} event {sn}: {err}"
+                    ) from err
+                if data_keys.get(key, {}).get("external"):
+                    event["timestamps"][key] = rec["time"]
+                    filled[key] = True
+                else:
+                    event["timestamps"][key] = rec["table_ts"].get(key, rec["time"])
+            if filled:
+                event["filled"] = filled
+            yield "event", event
+            bar.step()
+        stop = metadata.get("stop")
+        if stop:
+            yield "stop", plain(stop)
+        else:
+            logger.warning("run %s has no stop document (incomplete run)", start["uid"])
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------- JSON export path
+def documents_from_export(
+    run, *, progress: bool | Progress | None = None
+) -> Iterator[tuple[str, dict]]:
+    """Yield a run's documents through tiled's JSON export (``run.documents()``), filled.
+
+    The reference path: slow for images. See the module docstring for what is yielded.
+    """
+    try:
+        docs = [(name, plain(doc)) for name, doc in run.documents()]
+    except Exception as err:
+        raise ReplayError(
+            f"run {run.metadata['start']['uid']}: tiled's document export failed ({err}); a "
+            "tiled server must register the application/json-seq exporter "
+            "(see docs/tiled-server.md)"
+        ) from err
+    descriptors = {d["uid"]: d for n, d in docs if n == "descriptor"}
+    resources = {d["uid"]: d for n, d in docs if n == "stream_resource"}
+    # (descriptor uid, data key) -> (stream datum, rows reader)
+    external: dict[tuple[str, str], tuple[dict, _ArrayRows]] = {}
+    for name, doc in docs:
+        if name == "stream_datum":
+            key = resources[doc["stream_resource"]]["data_key"]
+            stream = descriptors[doc["descriptor"]]["name"]
+            node = run[stream].base[key]
+            external[(doc["descriptor"], key)] = (doc, _ArrayRows(node, direct=False))
+    desc_of_stream = {}
+    for uid, desc in descriptors.items():
+        desc_of_stream.setdefault(desc["name"], []).append(uid)
+    dtypes: dict[tuple[str, str], np.dtype] = {}
+    n_events = sum(1 for n, _ in docs if n == "event")
+    start_uid = docs[0][1].get("uid", "?") if docs else "?"
+    bar = _Progress(n_events, progress, f"replay {start_uid[:8]}")
+    try:
+        for name, doc in docs:
+            if name in ("stream_resource", "stream_datum"):
+                continue
+            if name == "stop" and not doc:
+                logger.warning("run %s has no stop document (incomplete run)", start_uid)
+                continue
+            if name != "event":
+                yield name, doc
+                continue
+            descriptor = descriptors[doc["descriptor"]]
+            stream = descriptor["name"]
+            filled = {}
+            for key, spec in descriptor["data_keys"].items():
+                if spec.get("external"):
+                    ext = _external_for(external, desc_of_stream[stream], key)
+                    if ext is None:
+                        continue
+                    sdatum, rows = ext
+                    index = (
+                        doc["seq_num"] - sdatum["seq_nums"]["start"] + sdatum["indices"]["start"]
+                    )
+                    doc["data"][key] = _event_value(rows, index, list(spec.get("shape") or []))
+                    doc["timestamps"].setdefault(key, doc["time"])
+                    filled[key] = True
+                elif spec.get("dtype") == "array" and isinstance(doc["data"].get(key), list):
+                    if (stream, key) not in dtypes:
+                        dtypes[(stream, key)] = _stored_dtype(run, stream, key)
+                    dtype = dtypes[(stream, key)]
+                    if dtype is not None:
+                        doc["data"][key] = np.asarray(doc["data"][key], dtype=dtype)
+            if filled:
+                doc["filled"] = filled
+            yield "event", doc
+            bar.step()
+    finally:
+        bar.close()
+
+
+def _external_for(external, desc_uids, key):
+    for uid in desc_uids:
+        if (uid, key) in external:
+            return external[(uid, key)]
+    return None
+
+
+def _stored_dtype(run, stream: str, key: str) -> np.dtype | None:
+    """dtype of a stream's array node, or None when the key lives in the table (small arrays)."""
+    base = run[stream].base
+    if key not in base:
+        return None
+    return np.dtype(base[key].structure().data_type.to_numpy_dtype())
+
+
+# ---------------------------------------------------------------------------- entry points
+def count_events(run) -> int:
+    """Number of events of a run, from its stop document (or its tables if it has none)."""
+    stop = run.metadata.get("stop") or {}
+    if stop.get("num_events"):
+        return int(sum(stop["num_events"].values()))
+    total = 0
+    for name in run:
+        base = run[name].base
+        if "internal" in base:
+            total += len(base["internal"].read())
+    return total
+
+
+def replay_documents(
+    catalog,
+    uid: str,
+    *,
+    method: str = "arrays",
+    progress: bool | Progress | None = None,
+    direct: bool = True,
+) -> Iterator[tuple[str, dict]]:
+    """Yield the filled documents of run ``uid`` of ``catalog``.
+
+    Parameters
+    ----------
+    catalog : tiled client, str or Path
+        A catalog client, a catalog directory or a tiled server URL.
+    uid : str
+        Full uid or a unique prefix (at least 5 characters).
+    method : {"arrays", "export"}
+        ``"arrays"``: :func:`documents_from_arrays` (fast); ``"export"``:
+        :func:`documents_from_export` (tiled's JSON documents, slow for images).
+    progress : bool or callable, optional
+        ``True`` for a tqdm progress bar with ETA, or ``progress(n_done, n_total)``.
+    direct : bool
+        For ``"arrays"``: read local zarr/HDF5/npy files directly.
+
+    Raises
+    ------
+    RunNotFoundError
+        If the uid is not in the catalog (the message lists some that are).
+    CatalogUnreadableError
+        If the catalog cannot be opened.
+    ReplayError
+        If the run's data cannot be read.
+    """
+    run = lookup_run(catalog, uid)
+    if method == "arrays":
+        return documents_from_arrays(run, progress=progress, direct=direct)
+    if method == "export":
+        return documents_from_export(run, progress=progress)
+    raise ValueError(f"method must be 'arrays' or 'export', not {method!r}")
