@@ -1,0 +1,433 @@
+"""Matplotlib figures for the logbook report: attribute maps, clusters, anomalies, spectra.
+
+Every function here is pure over numpy arrays and returns a :class:`matplotlib.figure.Figure`
+built without :mod:`matplotlib.pyplot`, so no GUI backend, no global figure registry and nothing
+to close: the caller saves it (:mod:`streamer.report` does) and drops it. Images are shown with
+row 0 at the top, in pixels (``row``, ``column``), with a scale bar when the pixel size is known.
+Energies are in eV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+from skimage.segmentation import find_boundaries
+
+__all__ = [
+    "CLUSTER_COLOURS",
+    "FLAG_COLOUR",
+    "attribute_map_figure",
+    "cluster_map_figure",
+    "mosaic_figure",
+    "particle_histograms_figure",
+    "particle_scatter_figure",
+    "spectra_figure",
+]
+
+#: Categorical colours of clusters 0..9 (matplotlib's tab10), reused by the spectra figure.
+CLUSTER_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+FLAG_COLOUR = "#e8000b"
+_BAD_COLOUR = "#d9d9d9"  # NaN pixels: background, masked
+_DPI = 100
+
+
+def cluster_colour(cluster: int) -> str:
+    """Colour of a cluster id, consistent across figures."""
+    return CLUSTER_COLOURS[int(cluster) % len(CLUSTER_COLOURS)]
+
+
+def _robust_limits(values: np.ndarray, where: np.ndarray | None = None) -> tuple[float, float]:
+    """1st-99th percentile of the finite values (inside ``where`` when it has any)."""
+    finite = np.isfinite(values)
+    if where is not None and (finite & where).any():
+        finite &= where
+    if not finite.any():
+        return 0.0, 1.0
+    low, high = np.percentile(values[finite], [1.0, 99.0])
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    return float(low), float(high)
+
+
+def _frame_axes(ax, shape: tuple[int, int], pixel_size_um: float | None) -> None:
+    ax.set_xlabel("column (px)")
+    ax.set_ylabel("row (px)")
+    if pixel_size_um and pixel_size_um > 0:
+        ny, nx = shape
+        target = 0.2 * nx * pixel_size_um  # about a fifth of the frame width
+        nice = [v for v in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if v <= target]
+        length_um = nice[-1] if nice else target
+        length_px = length_um / pixel_size_um
+        x0, y0 = 0.05 * nx, 0.93 * ny
+        ax.plot([x0, x0 + length_px], [y0, y0], color="white", lw=3, solid_capstyle="butt")
+        ax.text(
+            x0 + length_px / 2,
+            y0 - 0.02 * ny,
+            f"{length_um:g} µm",
+            color="white",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+
+
+def _outline_particles(ax, labels: np.ndarray | None, flagged: Mapping[int, str]) -> None:
+    """Thin grey outlines of all particles; red outlines and id labels for the flagged ones."""
+    if labels is None or not labels.any():
+        return
+    edges = find_boundaries(labels, mode="inner")
+    overlay = np.zeros((*labels.shape, 4), dtype=np.float32)
+    overlay[edges] = (0.85, 0.85, 0.85, 0.9)
+    ax.imshow(overlay, interpolation="nearest")
+    for particle_id, text in flagged.items():
+        inside = labels == particle_id
+        if not inside.any():
+            continue
+        ax.contour(inside.astype(np.float32), levels=[0.5], colors=FLAG_COLOUR, linewidths=1.5)
+        rows, cols = np.nonzero(inside)
+        ax.annotate(
+            text,
+            (cols.mean(), rows.min()),
+            xytext=(0, 4),
+            textcoords="offset points",
+            color=FLAG_COLOUR,
+            fontsize=8,
+            fontweight="bold",
+            ha="center",
+            va="bottom",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+        )
+
+
+def attribute_map_figure(
+    image: np.ndarray,
+    *,
+    title: str,
+    colourbar_label: str,
+    labels: np.ndarray | None = None,
+    flagged: Mapping[int, str] | None = None,
+    cmap: str = "viridis",
+    limits: tuple[float, float] | None = None,
+    pixel_size_um: float | None = None,
+    decimals: int = 1,
+) -> Figure:
+    """One attribute as an image with a colour bar, particles outlined, flagged ones labelled.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The map; ``NaN`` pixels (background, masked) are drawn in light grey.
+    title, colourbar_label : str
+        Texts; the colour-bar label carries the unit, e.g. ``"E0 (eV)"``.
+    labels : ndarray of int, optional
+        Particle label map, outlined.
+    flagged : mapping of int to str, optional
+        Flagged particle ids and the text written next to them.
+    cmap : str
+        Matplotlib colour map.
+    limits : (float, float), optional
+        Colour range; default the 1st-99th percentile inside the particles.
+    pixel_size_um : float, optional
+        Adds a scale bar.
+    decimals : int
+        Decimals of the colour-bar ticks (absolute energies need no offset notation).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if limits is None:
+        limits = _robust_limits(image, None if labels is None else labels > 0)
+    fig, ax, bar_ax = _map_canvas()
+    palette = _with_bad(cmap)
+    shown = ax.imshow(image, cmap=palette, vmin=limits[0], vmax=limits[1], interpolation="nearest")
+    bar = fig.colorbar(shown, cax=bar_ax)
+    bar.set_label(colourbar_label)
+    bar.ax.yaxis.set_major_formatter(FormatStrFormatter(f"%.{decimals}f"))
+    _outline_particles(ax, labels, flagged or {})
+    _frame_axes(ax, image.shape, pixel_size_um)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def _map_canvas():
+    """Figure, image axes and colour-bar axes at fixed positions (no layout engine: fast)."""
+    fig = Figure(figsize=(6.0, 5.0), dpi=_DPI)
+    ax = fig.add_axes((0.1, 0.1, 0.7, 0.82))
+    bar_ax = fig.add_axes((0.83, 0.14, 0.03, 0.74))
+    return fig, ax, bar_ax
+
+
+def _with_bad(cmap: str):
+    """The named colour map with NaN drawn light grey."""
+    palette = colormaps[cmap].with_extremes(bad=_BAD_COLOUR)
+    return palette
+
+
+def cluster_map_figure(
+    cluster_map: np.ndarray,
+    *,
+    title: str,
+    labels: np.ndarray | None = None,
+    flagged: Mapping[int, str] | None = None,
+    pixel_size_um: float | None = None,
+) -> Figure:
+    """Categorical map of pixel clusters (ids >= 0; negative or NaN = no cluster)."""
+    clusters = np.asarray(cluster_map, dtype=np.float64)
+    present = np.unique(clusters[np.isfinite(clusters) & (clusters >= 0)]).astype(int)
+    n_colours = int(present.max()) + 1 if present.size else 1
+    palette = ListedColormap([cluster_colour(i) for i in range(n_colours)]).with_extremes(
+        bad=_BAD_COLOUR
+    )
+    shown = np.where(np.isfinite(clusters) & (clusters >= 0), clusters, np.nan)
+    fig = Figure(figsize=(6.0, 5.0), dpi=_DPI)
+    ax = fig.add_axes((0.11, 0.1, 0.84, 0.82))
+    norm = BoundaryNorm(np.arange(n_colours + 1) - 0.5, n_colours)
+    ax.imshow(shown, cmap=palette, norm=norm, interpolation="nearest")
+    counts = {int(c): int(np.sum(clusters == c)) for c in present}
+    handles = [
+        Patch(color=cluster_colour(c), label=f"cluster {c} ({counts[c]} px)") for c in present
+    ]
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.8)
+    _outline_particles(ax, labels, flagged or {})
+    _frame_axes(ax, clusters.shape, pixel_size_um)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def spectra_figure(
+    energies_ev: np.ndarray,
+    cluster_spectra: Mapping[int, np.ndarray],
+    flagged_spectra: Mapping[int, np.ndarray],
+    *,
+    title: str,
+    flagged_text: Mapping[int, str] | None = None,
+) -> Figure:
+    """Mean normalised spectrum per cluster with the flagged particles' spectra over them.
+
+    Two panels: the whole scan and a zoom on the edge and white line (around the steepest rise of
+    the average cluster spectrum).
+    """
+    energies = np.asarray(energies_ev, dtype=np.float64)
+    fig = Figure(figsize=(10.0, 4.2), dpi=_DPI)
+    axes = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.86, wspace=0.22)
+    flagged_text = flagged_text or {}
+    for ax in axes:
+        for cluster, spectrum in sorted(cluster_spectra.items()):
+            ax.plot(
+                energies,
+                spectrum,
+                color=cluster_colour(cluster),
+                lw=1.6,
+                label=f"cluster {cluster} (mean)",
+            )
+        for k, (particle_id, spectrum) in enumerate(sorted(flagged_spectra.items())):
+            ax.plot(
+                energies,
+                spectrum,
+                color=FLAG_COLOUR,
+                lw=1.2,
+                ls=("--", ":", "-.")[k % 3],
+                label=flagged_text.get(particle_id, f"particle {particle_id}"),
+            )
+        ax.set_xlabel("energy (eV)")
+        ax.set_ylabel("normalised µ (edge step = 1)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("whole scan", fontsize=9)
+    reference = [np.asarray(s, dtype=np.float64) for s in cluster_spectra.values()]
+    reference = reference or [np.asarray(s, dtype=np.float64) for s in flagged_spectra.values()]
+    if reference and energies.size > 3:
+        mean = np.nanmean(np.vstack(reference), axis=0)
+        slope = np.gradient(np.nan_to_num(mean), energies)
+        edge = energies[int(np.argmax(slope))]
+        axes[1].set_xlim(edge - 25.0, edge + 45.0)
+        window = (energies >= edge - 25.0) & (energies <= edge + 45.0)
+        stacked = np.vstack(reference + [np.asarray(s) for s in flagged_spectra.values()])
+        values = stacked[:, window]
+        if np.isfinite(values).any():
+            low, high = np.nanmin(values), np.nanmax(values)
+            pad = 0.05 * (high - low or 1.0)
+            axes[1].set_ylim(low - pad, high + pad)
+    axes[1].set_title("edge and white line", fontsize=9)
+    axes[1].xaxis.set_major_formatter(FormatStrFormatter("%.0f"))
+    axes[0].xaxis.set_major_formatter(FormatStrFormatter("%.0f"))
+    if cluster_spectra or flagged_spectra:
+        axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def mosaic_figure(
+    tiles: Sequence[Mapping],
+    *,
+    title: str,
+    colourbar_label: str,
+    cmap: str = "viridis",
+) -> Figure:
+    """Thumbnails of many fields of view with their flagged particles outlined and labelled.
+
+    Parameters
+    ----------
+    tiles : sequence of mapping
+        Each with ``image`` (ny, nx), ``name`` (str), and optionally ``labels`` and ``flagged``
+        (mapping of particle id to text). All tiles share one colour range.
+    """
+    n = len(tiles)
+    ncols = int(np.ceil(np.sqrt(n))) if n else 1
+    nrows = int(np.ceil(n / ncols)) if n else 1
+    fig = Figure(figsize=(3.0 * ncols + 1.2, 3.0 * nrows + 0.6), dpi=_DPI)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    fig.subplots_adjust(
+        left=0.02,
+        right=0.86,
+        bottom=0.02,
+        top=1 - 0.6 / (3.0 * nrows + 0.6),
+        wspace=0.06,
+        hspace=0.12,
+    )
+    images = [np.asarray(t["image"], dtype=np.float32) for t in tiles]
+    values = np.concatenate([im[np.isfinite(im)].ravel() for im in images] or [np.zeros(1)])
+    low, high = _robust_limits(values)
+    palette = _with_bad(cmap)
+    shown = None
+    for ax, tile, image in zip(axes, tiles, images, strict=False):
+        shown = ax.imshow(image, cmap=palette, vmin=low, vmax=high, interpolation="nearest")
+        labels = tile.get("labels")
+        _outline_particles(
+            ax, None if labels is None else np.asarray(labels), tile.get("flagged") or {}
+        )
+        ax.set_title(str(tile["name"]), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    if shown is not None:
+        bar = fig.colorbar(shown, cax=fig.add_axes((0.89, 0.15, 0.025, 0.7)))
+        bar.set_label(colourbar_label)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _particle_values(particles: Sequence[Mapping], key: str) -> np.ndarray:
+    return np.array([np.nan if p.get(key) is None else float(p[key]) for p in particles])
+
+
+def particle_scatter_figure(
+    particles: Sequence[Mapping],
+    *,
+    title: str,
+    pairs: Sequence[tuple[str, str, str, str]] = (
+        (
+            "e0_half_median",
+            "white_line_height_median",
+            "E0 at half jump (eV)",
+            "white-line height (edge steps)",
+        ),
+        (
+            "e0_half_median",
+            "white_line_energy_median",
+            "E0 at half jump (eV)",
+            "white-line energy (eV)",
+        ),
+    ),
+) -> Figure:
+    """Scatter plots of per-particle medians, flagged particles in red and named.
+
+    ``particles`` are particle-table rows with ``flagged`` (bool) and ``name`` (text written
+    next to flagged points) when known. Pairs whose columns are absent are skipped.
+    """
+    usable = [p for p in pairs if any(p[0] in row and p[1] in row for row in particles)]
+    fig = Figure(figsize=(5.0 * max(len(usable), 1), 4.4), dpi=_DPI)
+    axes = np.atleast_1d(fig.subplots(1, max(len(usable), 1), squeeze=False)).ravel()
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.9, wspace=0.25)
+    flagged = np.array([bool(p.get("flagged")) for p in particles], dtype=bool)
+    for ax, (xkey, ykey, xlabel, ylabel) in zip(axes, usable, strict=False):
+        x, y = _particle_values(particles, xkey), _particle_values(particles, ykey)
+        ax.scatter(
+            x[~flagged],
+            y[~flagged],
+            s=16,
+            c="#4c72b0",
+            alpha=0.7,
+            label=f"particles ({int((~flagged).sum())})",
+        )
+        ax.scatter(
+            x[flagged],
+            y[flagged],
+            s=40,
+            c=FLAG_COLOUR,
+            marker="D",
+            label=f"flagged ({int(flagged.sum())})",
+        )
+        for i in np.flatnonzero(flagged):
+            if np.isfinite(x[i]) and np.isfinite(y[i]):
+                ax.annotate(
+                    str(particles[i].get("name", particles[i].get("id", ""))),
+                    (x[i], y[i]),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=FLAG_COLOUR,
+                )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(6))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if not usable:
+        axes[0].text(0.5, 0.5, "no particle attributes", ha="center", va="center")
+        axes[0].set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def particle_histograms_figure(
+    particles: Sequence[Mapping],
+    *,
+    title: str,
+    columns: Sequence[tuple[str, str]] = (
+        ("e0_half_median", "E0 at half jump (eV)"),
+        ("white_line_energy_median", "white-line energy (eV)"),
+        ("white_line_height_median", "white-line height (edge steps)"),
+        ("score", "anomaly score"),
+    ),
+) -> Figure:
+    """Histograms of per-particle values, with the flagged particles marked as red ticks."""
+    usable = [c for c in columns if any(row.get(c[0]) is not None for row in particles)]
+    n = max(len(usable), 1)
+    fig = Figure(figsize=(3.4 * n, 3.2), dpi=_DPI)
+    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.17, top=0.88, wspace=0.3)
+    flagged = np.array([bool(p.get("flagged")) for p in particles], dtype=bool)
+    for ax, (key, label) in zip(axes, usable, strict=False):
+        values = _particle_values(particles, key)
+        finite = np.isfinite(values)
+        ax.hist(values[finite], bins=min(30, max(5, finite.sum() // 3)), color="#4c72b0", alpha=0.8)
+        for v in values[finite & flagged]:
+            ax.axvline(v, color=FLAG_COLOUR, lw=1.2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("particles")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if not usable:
+        axes[0].text(0.5, 0.5, "no particle attributes", ha="center", va="center")
+        axes[0].set_axis_off()
+    fig.suptitle(title + "  (red: flagged)", fontsize=10)
+    return fig
