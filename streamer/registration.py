@@ -7,10 +7,13 @@ optical-density (OD) image is registered against a reference, sub-pixel, as it a
    frame costs a 256 px problem) and keeps only its edges (gradient magnitude, Hann window). Edges
    stay where they are when contrast changes across the absorption edge (a particle can be faint
    below the edge and dark above it, or invert against a binder), which raw intensities do not.
-2. :func:`estimate_shift` runs :func:`skimage.registration.phase_cross_correlation` on those images
-   (in Fourier space, upsampled for sub-pixel precision). It uses the plain cross-correlation
-   (``normalization=None``): on noisy, low-contrast pre-edge frames it was 3-5x more accurate than
-   the whitened phase correlation in our tests (0.06 vs 0.12-0.35 px RMS).
+2. :func:`estimate_shift` cross-correlates those images in Fourier space and refines the peak on
+   an upsampled grid by a matrix DFT, as :func:`skimage.registration.phase_cross_correlation`
+   does, but in two stages (1/8 px, then 1/``upsample_factor`` px, 17x17 points each) and in
+   complex64: 2 ms instead of 100 ms for skimage's one-stage 1/100 px refinement of a 256 px
+   image, same answer. It uses the plain cross-correlation (``normalization=None``): on noisy,
+   low-contrast pre-edge frames it was 3-5x more accurate than the whitened phase correlation in
+   our tests (0.06 vs 0.12-0.35 px RMS).
 3. :func:`apply_shift` moves the full-resolution image back by the measured drift with separable
    linear interpolation, block by block so that the work stays in cache, and fills the pixels that
    have no data with ``fill``.
@@ -41,11 +44,23 @@ import math
 
 import numpy as np
 import scipy.fft
-from skimage.registration import phase_cross_correlation
+from threadpoolctl import ThreadpoolController
 
-__all__ = ["DriftTracker", "apply_shift", "estimate_shift", "registration_image"]
+__all__ = [
+    "DriftTracker",
+    "apply_shift",
+    "covered_region",
+    "estimate_shift",
+    "registration_image",
+]
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """Created once: inspecting the loaded BLAS libraries takes milliseconds."""
+    return ThreadpoolController()
 
 
 @functools.lru_cache(maxsize=8)
@@ -84,10 +99,11 @@ def registration_image(image: np.ndarray, *, bin_factor: int = 2, region: int = 
     if hy < 8 or hx < 8:
         raise ValueError(f"image {image.shape} too small for registration with bin_factor={b}")
     y0, x0 = (ny - hy * b) // 2, (nx - hx * b) // 2
-    crop = np.nan_to_num(
-        image[y0 : y0 + hy * b, x0 : x0 + hx * b], nan=0.0, posinf=0.0, neginf=0.0
-    ).astype(np.float32, copy=False)
-    binned = crop.reshape(hy, b, hx, b).mean(axis=(1, 3), dtype=np.float32) if b > 1 else crop
+    crop = image[y0 : y0 + hy * b, x0 : x0 + hx * b]
+    # box binning by strided sums (a reshape-mean over two axes is ~10x slower)
+    rows = np.add.reduce([crop[i::b] for i in range(b)], dtype=np.float32) if b > 1 else crop
+    binned = np.add.reduce([rows[:, i::b] for i in range(b)], dtype=np.float32) if b > 1 else rows
+    binned = np.nan_to_num(binned, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
     gy, gx = np.gradient(binned)
     edges = np.hypot(gy, gx, dtype=np.float32)
     edges -= edges.mean()
@@ -122,10 +138,43 @@ def estimate_shift(
     ndarray, float64, shape (2,)
         The drift in pixels of the given images (sign convention in the module docstring).
     """
-    shift, _, _ = phase_cross_correlation(
-        reference, moving, upsample_factor=upsample_factor, space=space, normalization=normalization
-    )
-    return -np.asarray(shift, dtype=np.float64)
+    if space == "real":
+        reference = scipy.fft.fft2(reference)
+        moving = scipy.fft.fft2(moving)
+    elif space != "fourier":
+        raise ValueError(f"space must be 'real' or 'fourier', got {space!r}")
+    if reference.shape != moving.shape or reference.ndim != 2:
+        raise ValueError(f"shapes differ or are not 2-D: {reference.shape}, {moving.shape}")
+    product = reference * moving.conj()
+    if normalization == "phase":
+        product /= np.maximum(np.abs(product), 100 * np.finfo(np.float32).eps)
+    elif normalization is not None:
+        raise ValueError(f"normalization must be None or 'phase', got {normalization!r}")
+    cc = scipy.fft.ifft2(product).real
+    peak = np.array(np.unravel_index(int(np.argmax(cc)), cc.shape), dtype=np.float64)
+    size = np.array(cc.shape)
+    peak[peak > size // 2] -= size[peak > size // 2]
+    # refine on an upsampled grid around the peak: steps of 1/8 px, then 1/upsample_factor px
+    for step in sorted({min(8, upsample_factor), upsample_factor}):
+        if step <= 1:
+            continue
+        offsets = np.arange(-8, 9) / step
+        peak = _refine_peak(product, peak, offsets)
+    return -peak
+
+
+def _refine_peak(product: np.ndarray, peak: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Maximum of the cross-correlation on the grid ``peak + offsets`` (matrix DFT)."""
+    ky = np.fft.fftfreq(product.shape[0])
+    kx = np.fft.fftfreq(product.shape[1])
+    ey = np.exp(2j * np.pi * np.outer(peak[0] + offsets, ky)).astype(np.complex64)
+    ex = np.exp(2j * np.pi * np.outer(kx, peak[1] + offsets)).astype(np.complex64)
+    # These products are tiny: a multi-threaded BLAS only adds the wake-up latency of its
+    # threads, which reached 40-70 ms per call on a loaded 2-core machine (0.3 ms in one thread).
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        cc = (ey @ product.astype(np.complex64, copy=False) @ ex).real
+    iy, ix = np.unravel_index(int(np.argmax(cc)), cc.shape)
+    return np.array([peak[0] + offsets[iy], peak[1] + offsets[ix]])
 
 
 def _shift_rows(
@@ -179,6 +228,45 @@ def _shift_rows(
     out[ylo:yhi, xhi:] = fill
 
 
+def _split_drift(drift, interpolation: str = "linear") -> tuple[int, float, int, float]:
+    """Integer and fractional parts ``(iy, fy, ix, fx)`` of a drift, fractions in [0, 1)."""
+    dy, dx = (float(v) for v in drift)
+    if not (math.isfinite(dy) and math.isfinite(dx)):
+        raise ValueError(f"drift must be finite, got {drift!r}")
+    if interpolation == "nearest":
+        dy, dx = float(round(dy)), float(round(dx))
+    elif interpolation != "linear":
+        raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
+    parts = []
+    for d in (dy, dx):
+        i = math.floor(d)
+        f = d - i
+        # Fractions below 1/1000 px are not worth a pass over the data.
+        if f < 1e-3:
+            f = 0.0
+        elif f > 1 - 1e-3:
+            i, f = i + 1, 0.0
+        parts += [i, f]
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def covered_region(
+    shape: tuple[int, int], drift, *, interpolation: str = "linear"
+) -> tuple[slice, slice]:
+    """Output rows and columns that :func:`apply_shift` fills with data (the rest is ``fill``).
+
+    Examples
+    --------
+    >>> covered_region((4, 4), (1, 0.5))
+    (slice(0, 3, None), slice(0, 3, None))
+    """
+    iy, fy, ix, fx = _split_drift(drift, interpolation)
+    ny, nx = shape
+    ylo, yhi = max(0, -iy), max(0, min(ny, ny - iy - (fy > 0)))
+    xlo, xhi = max(0, -ix), max(0, min(nx, nx - ix - (fx > 0)))
+    return slice(min(ylo, yhi), yhi), slice(min(xlo, xhi), xhi)
+
+
 def apply_shift(
     image: np.ndarray,
     drift: np.ndarray | tuple[float, float],
@@ -188,6 +276,7 @@ def apply_shift(
     rows: tuple[int, int] | None = None,
     block_rows: int = 32,
     interpolation: str = "linear",
+    scratch: np.ndarray | None = None,
 ) -> np.ndarray:
     """Register ``image`` by undoing ``drift``: ``out[y, x] = image[y + dy, x + dx]``.
 
@@ -208,6 +297,9 @@ def apply_shift(
     interpolation : {"linear", "nearest"}
         Separable linear interpolation (smooths the noise a little, by a drift-dependent amount)
         or the nearest whole-pixel shift (keeps the noise, 0.5 px precision).
+    scratch : ndarray, float32, optional
+        Reusable work space of at least ``(block_rows + 1) * nx + 1`` elements (saves an
+        allocation per call when the caller goes block by block).
 
     Returns
     -------
@@ -233,26 +325,11 @@ def apply_shift(
         raise ValueError(f"out shape {out.shape} differs from image shape {image.shape}")
     if np.shares_memory(out, image):
         raise ValueError("apply_shift cannot work in place: out overlaps image")
-    dy, dx = (float(v) for v in drift)
-    if not (math.isfinite(dy) and math.isfinite(dx)):
-        raise ValueError(f"drift must be finite, got {drift!r}")
-    if interpolation == "nearest":
-        dy, dx = float(round(dy)), float(round(dx))
-    elif interpolation != "linear":
-        raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
-    iy, ix = math.floor(dy), math.floor(dx)
-    fy, fx = dy - iy, dx - ix
-    # Fractions below 1/1000 px are not worth a pass over the data.
-    if fy < 1e-3:
-        fy = 0.0
-    elif fy > 1 - 1e-3:
-        iy, fy = iy + 1, 0.0
-    if fx < 1e-3:
-        fx = 0.0
-    elif fx > 1 - 1e-3:
-        ix, fx = ix + 1, 0.0
+    iy, fy, ix, fx = _split_drift(drift, interpolation)
     r0, r1 = rows if rows is not None else (0, image.shape[0])
-    scratch = np.empty((block_rows + 1) * image.shape[1] + 1, dtype=np.float32)
+    need = (block_rows + 1) * image.shape[1] + 1
+    if scratch is None or scratch.size < need or scratch.dtype != np.float32:
+        scratch = np.empty(need, dtype=np.float32)
     for b0 in range(r0, r1, block_rows):
         _shift_rows(image, out, b0, min(r1, b0 + block_rows), iy, fy, ix, fx, fill, scratch)
     return out

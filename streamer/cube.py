@@ -1,0 +1,519 @@
+"""Incremental per-pixel spectra: dark, flat and sample frames in, one float32 OD cube out.
+
+:class:`SpectralCube` takes detector frames as they arrive, in whatever order a document dialect
+produces them (FXI ``xanes_scan2``: dark, then per energy a sample stack and its flat stack; FXI
+``xanes_scan``: all samples, then all flats; generic runs: perhaps no flat or dark at all), and
+keeps one optical-density cube ``(n_energies, n_pixels)`` float32, registered between energies.
+
+Per energy point:
+
+1. **Robust average** of the ``k`` exposures of a stack, so that a cosmic-ray hit in one exposure
+   does not survive (:func:`streamer.flatfield.robust_average`: a sorting-network median for
+   k = 3 or 5, a trimmed mean otherwise; measured choice documented there).
+2. **Normalisation** ``OD = -ln((sample - dark) / (flat - dark))``, plus ``ln(I0_sample / I0_flat)``
+   when ``i0_correction`` is on and both monitors were given. A sample whose flat has not arrived
+   yet is **deferred**: its raw average waits in its own cube row (no extra memory) and is
+   normalised when the flat for that energy comes (FXI sends it after the sample, or at the end).
+   :meth:`SpectralCube.finalize` normalises leftovers with the nearest-energy cached flat (a logged
+   warning), or, if no flat ever came, as raw absorbance ``-ln((sample - dark) / bright)`` where
+   ``bright`` is the ``bright_percentile`` of the frame (open beam around the particles; detector
+   non-uniformity stays in the data: a logged warning). ``expect_flats=False`` does this at once.
+3. **Registration** (:mod:`streamer.registration`): the drift of each new OD image against the
+   reference is measured on a reduced edge image and undone with a bilinear shift into the row.
+
+What downstream sees
+--------------------
+``od_`` is always finite. A pixel whose sample or flat (minus dark) is zero, negative or
+non-finite, or whose OD is not finite, is stored as ``fill_value`` (default 0.0) in that row and
+``valid_`` is False for it from then on (one mask per pixel, for all energies); so are the pixels
+along the border that a drift correction left without data. Counts are in ``counters_`` and are
+logged once, at :meth:`~SpectralCube.finalize`. Rows whose ``ready_`` is False hold nothing
+meaningful (zeros, or a raw average waiting for its flat): use ``ready_`` before reading a row.
+
+Memory: one float32 cube. With ``energies`` planned, it is allocated once (rows are the planned
+energies, ascending; a sample maps to the nearest planned energy within ``energy_tolerance`` and
+any other energy raises :class:`UnplannedEnergyError`). Without a plan it grows by doubling
+(transiently 3x the rows during a copy), inserting rows in energy order. Besides the cube: one
+frame of work space for registration, the dark, up to ``max_cached_flats`` flats plus a global one,
+and per-thread scratch of ``block_rows`` rows.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> flat = rng.poisson(1000, (3, 32, 32)).astype(np.uint16)
+>>> cube = SpectralCube(frame_shape=(32, 32), energies=[8000.0, 8010.0], register=False)
+>>> row = cube.add_sample((flat * 0.5).astype(np.uint16), energy=8010.0)
+>>> cube.ready_.tolist(), cube.pending_
+([False, False], [8010.0])
+>>> cube.add_flat(flat, energy=8010.0)
+>>> cube.ready_.tolist(), round(float(cube.image(row).mean()), 2)
+([False, True], 0.69)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.flatfield import (
+    BlockScratch,
+    mask_nonfinite_rows,
+    normalise_rows,
+    resolve_method,
+    robust_average,
+)
+from streamer.registration import DriftTracker, apply_shift, covered_region
+
+__all__ = ["FrameShapeError", "SpectralCube", "UnplannedEnergyError"]
+
+logger = logging.getLogger(__name__)
+
+
+class FrameShapeError(ValueError):
+    """A frame's shape differs from the run's frame shape."""
+
+
+class UnplannedEnergyError(ValueError):
+    """A sample's energy is not within tolerance of any planned energy."""
+
+
+def _monitor(i0) -> float | None:
+    """A scalar I0 from a number or a per-exposure array (mean); None when not usable."""
+    if i0 is None:
+        return None
+    value = float(np.mean(np.asarray(i0, dtype=np.float64)))
+    return value if math.isfinite(value) and value > 0 else None
+
+
+@dataclass
+class _Flat:
+    energy: float | None
+    image: np.ndarray  # robust average, float32 (ny, nx), dark not subtracted
+    i0: float | None
+
+
+@dataclass
+class _Pending:
+    energy: float  # measured energy of the sample
+    i0: float | None
+
+
+class SpectralCube:
+    """Per-pixel spectra that grow frame by frame (see the module docstring).
+
+    Parameters
+    ----------
+    frame_shape : (ny, nx), optional
+        Detector frame shape; taken from the first frame when omitted.
+    energies : array-like of float, optional
+        Planned energies (eV). The cube is preallocated with one row per planned energy.
+    register : bool
+        Correct the drift between energies (:class:`~streamer.registration.DriftTracker`).
+    i0_correction : bool
+        Add ``ln(I0_sample / I0_flat)`` to the OD when both monitors are given.
+    reference : {"first", "running"}
+        Registration reference: the first normalised image or the running average.
+    energy_tolerance : float, optional
+        Largest distance (eV) at which a sample maps to a planned energy, or a flat to a sample.
+        Default: half the smallest planned step but at most 1 eV (0.25 eV without a plan).
+    expect_flats : bool
+        False: normalise samples at once as raw absorbance (runs that have no flats).
+    stack_average : {"auto", "median", "trimmed_mean", "mean"}
+        How the exposures of a stack are averaged (:func:`~streamer.flatfield.robust_average`).
+    fill_value : float
+        Value stored for masked pixels (keep it finite so that nothing downstream sees NaN).
+    capacity : int
+        Initial rows of a growing cube.
+    max_cached_flats : int
+        Per-energy flats kept for later samples and for the nearest-flat fallback.
+    bright_percentile : float
+        Percentile of ``sample - dark`` (every 4th pixel of every 4th row) taken as the open
+        beam for raw absorbance.
+    n_threads : int, optional
+        Threads working on horizontal bands of a frame (default: up to 2 CPUs).
+    drift_tracker : DriftTracker, optional
+        A configured tracker (overrides ``reference``).
+    block_rows : int
+        Rows per cache block.
+
+    Attributes
+    ----------
+    energies_, od_, ready_, valid_, shifts_, measured_energies_ : ndarray
+        Row energies (eV, ascending), the cube view ``(n_rows, n_pixels)``, normalised rows,
+        usable pixels, drift ``(dy, dx)`` px per row, energies as measured (NaN until a sample).
+    n_received_ : int
+        Sample stacks received.
+    counters_ : dict of str to int
+        Warnings by kind: ``masked_values``, ``border_pixels``, ``nearest_flat``,
+        ``raw_absorbance``, ``i0_missing``, ``duplicate_energy``, ``late_dark``,
+        ``registration_failed``.
+    timings_ : dict of str to float
+        Cumulative seconds in ``average_normalise``, ``register`` and ``shift_store``.
+    """
+
+    def __init__(
+        self,
+        *,
+        frame_shape: tuple[int, int] | None = None,
+        energies=None,
+        register: bool = True,
+        i0_correction: bool = True,
+        reference: str = "first",
+        energy_tolerance: float | None = None,
+        expect_flats: bool = True,
+        stack_average: str = "auto",
+        fill_value: float = 0.0,
+        capacity: int = 16,
+        max_cached_flats: int = 2,
+        bright_percentile: float = 99.0,
+        n_threads: int | None = None,
+        drift_tracker: DriftTracker | None = None,
+        block_rows: int = 32,
+    ) -> None:
+        resolve_method(stack_average, 3)
+        self.register, self.i0_correction, self.expect_flats = register, i0_correction, expect_flats
+        self.stack_average, self.fill_value, self.block_rows = stack_average, fill_value, block_rows
+        self.max_cached_flats, self.bright_percentile = max_cached_flats, bright_percentile
+        self.n_threads = n_threads or max(1, min(2, os.cpu_count() or 1))
+        self.tracker = drift_tracker or DriftTracker(reference=reference)
+        planned = None if energies is None else np.unique(np.asarray(energies, np.float64))
+        if planned is not None and planned.size == 0:
+            raise ValueError("energies, when given, must not be empty")
+        self._planned = planned is not None
+        if energy_tolerance is None:
+            step = np.diff(planned).min() if planned is not None and planned.size > 1 else 0.5
+            energy_tolerance = min(0.5 * step, 1.0)
+        self.energy_tolerance = float(energy_tolerance)
+        n = planned.size if planned is not None else int(capacity)
+        self._energies = planned if planned is not None else np.full(n, np.inf)
+        self._n_rows = n if planned is not None else 0
+        self._ready, self._shifts = np.zeros(n, bool), np.zeros((n, 2))
+        self._measured = np.full(n, np.nan)
+        self._shape: tuple[int, int] | None = None
+        self._cube = self._valid = self._work = self._dark = None
+        self._flats: list[_Flat] = []
+        self._global_flat: _Flat | None = None
+        self._spare: list[np.ndarray] = []
+        self._pending: dict[float, _Pending] = {}
+        self._seen_energy_flat = self._finalized = self._warned_order = False
+        self._scratch: list[BlockScratch] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self.n_received_ = 0
+        self.counters_ = dict.fromkeys(
+            ("masked_values", "border_pixels", "nearest_flat", "raw_absorbance", "i0_missing",
+             "duplicate_energy", "late_dark", "registration_failed"), 0)  # fmt: skip
+        self.timings_ = {"average_normalise": 0.0, "register": 0.0, "shift_store": 0.0}
+        if frame_shape is not None:
+            self._allocate(tuple(int(v) for v in frame_shape))
+
+    # ----------------------------------------------------------------- results
+    @property
+    def energies_(self) -> np.ndarray:
+        return self._energies[: self._n_rows]
+
+    @property
+    def od_(self) -> np.ndarray:
+        if self._cube is None:
+            return np.zeros((self._n_rows, 0), np.float32)
+        return self._cube[: self._n_rows]
+
+    @property
+    def ready_(self) -> np.ndarray:
+        return self._ready[: self._n_rows]
+
+    @property
+    def valid_(self) -> np.ndarray | None:
+        return self._valid
+
+    @property
+    def shifts_(self) -> np.ndarray:
+        return self._shifts[: self._n_rows]
+
+    @property
+    def measured_energies_(self) -> np.ndarray:
+        return self._measured[: self._n_rows]
+
+    @property
+    def frame_shape_(self) -> tuple[int, int] | None:
+        return self._shape
+
+    @property
+    def pending_(self) -> list[float]:
+        """Row energies (eV) of samples waiting for their flat."""
+        return sorted(self._pending)
+
+    def image(self, row: int) -> np.ndarray:
+        """Row ``row`` of the cube as an ``(ny, nx)`` view."""
+        if self._cube is None or not 0 <= row < self._n_rows:
+            raise IndexError(f"row {row} out of range (cube has {self._n_rows} rows)")
+        return self._cube[row].reshape(self._shape)
+
+    # ------------------------------------------------------------------ inputs
+    def add_dark(self, stack: np.ndarray) -> None:
+        """Average and keep a dark stack; it applies to every later normalisation."""
+        stack = self._check(stack)
+        done = int(self.ready_.sum())
+        if done:
+            self.counters_["late_dark"] += done
+            logger.warning("dark arrived after %d rows were normalised without it", done)
+        if self._dark is None:
+            self._dark = self._take_buffer()
+        self._run(lambda sc, r0, r1: self._average_rows(stack, self._dark, sc, r0, r1))
+
+    def add_flat(self, stack: np.ndarray, *, energy: float | None = None, i0=None) -> None:
+        """Add a flat (open beam) stack for ``energy`` (eV), or for all energies when None.
+
+        Samples waiting for this flat are normalised now.
+        """
+        stack = self._check(stack)
+        flat = _Flat(None if energy is None else float(energy), self._take_buffer(), _monitor(i0))
+        if energy is None:
+            targets = sorted(self._pending)
+        else:
+            targets = [e for e in sorted(self._pending) if self._matches(e, flat.energy)]
+        if targets:
+            self._normalise(targets[0], flat, flat_stack=stack)
+            for e in targets[1:]:
+                self._normalise(e, flat)
+        else:
+            self._run(lambda sc, r0, r1: self._average_rows(stack, flat.image, sc, r0, r1))
+        if energy is None:
+            if self._global_flat is not None:
+                self._spare.append(self._global_flat.image)
+            self._global_flat = flat
+        else:
+            self._seen_energy_flat = True
+            self._flats.append(flat)
+            while len(self._flats) > self.max_cached_flats:
+                self._spare.append(self._flats.pop(0).image)
+
+    def add_sample(self, stack: np.ndarray, *, energy: float, i0=None) -> int:
+        """Add the sample stack measured at ``energy`` (eV); returns its row index.
+
+        Raises
+        ------
+        FrameShapeError
+            The frames do not have the run's frame shape.
+        UnplannedEnergyError
+            ``energy`` is not within ``energy_tolerance`` of a planned energy.
+        """
+        stack = self._check(stack)
+        key = self._row_energy(float(energy))
+        row = self._row_of(key)
+        self._measured[row] = float(energy)
+        self.n_received_ += 1
+        pending = _Pending(float(energy), _monitor(i0))
+        flat = next((f for f in reversed(self._flats) if self._matches(key, f.energy)), None)
+        if flat is None and self._global_flat is not None and not self._seen_energy_flat:
+            flat = self._global_flat
+        if flat is not None:
+            self._pending[key] = pending
+            self._normalise(key, flat, sample_stack=stack)
+        else:
+            dst = self._cube[row].reshape(self._shape)
+            self._run(lambda sc, r0, r1: self._average_rows(stack, dst, sc, r0, r1))
+            self._pending[key] = pending
+            if not self.expect_flats:
+                self._normalise(key, None)
+        return self._row_of(key)
+
+    def finalize(self) -> SpectralCube:
+        """Normalise leftovers (nearest flat, or raw absorbance), log the counters, stop threads."""
+        for key in sorted(self._pending):
+            flats = self._flats or ([self._global_flat] if self._global_flat else [])
+            if flats:
+                flat = min(flats, key=lambda f: abs(f.energy - key) if f.energy else math.inf)
+                self.counters_["nearest_flat"] += 1
+                logger.warning(
+                    "no flat arrived for %.2f eV: normalised with the flat of %s eV",
+                    key, "all energies" if flat.energy is None else f"{flat.energy:.2f}",
+                )  # fmt: skip
+                self._normalise(key, flat)
+            else:
+                self._normalise(key, None)
+        bad = {k: v for k, v in self.counters_.items() if v}
+        if bad:
+            logger.warning("spectral cube finalized with warnings: %s", bad)
+        self.close()
+        self._finalized = True
+        return self
+
+    def close(self) -> None:
+        """Stop the worker threads (the results stay available)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # --------------------------------------------------------------- internals
+    def _allocate(self, shape: tuple[int, int]) -> None:
+        if len(shape) != 2 or min(shape) < 1:
+            raise FrameShapeError(f"frame_shape must be (ny, nx), got {shape}")
+        self._shape = shape
+        npix = shape[0] * shape[1]
+        # calloc: pages are committed only when a row is written
+        self._cube = np.zeros((self._energies.size, npix), np.float32)
+        self._valid = np.ones(npix, bool)
+        if self.register:
+            self._work = np.empty(shape, np.float32)
+
+    def _check(self, stack) -> np.ndarray:
+        """A (k, ny, nx) view of ``stack``; checks the frame shape."""
+        if self._finalized:
+            raise RuntimeError("the cube is finalized; start a new SpectralCube for a new run")
+        stack = np.asarray(stack)
+        stack = stack[None] if stack.ndim == 2 else stack
+        if stack.ndim != 3 or stack.shape[0] < 1 or not np.issubdtype(stack.dtype, np.number):
+            raise FrameShapeError(f"expected a (k, ny, nx) numeric stack, got {stack.shape}")
+        if self._shape is None:
+            self._allocate(stack.shape[1:])
+        elif stack.shape[1:] != self._shape:
+            raise FrameShapeError(f"frame shape {stack.shape[1:]} differs from {self._shape}")
+        return np.ascontiguousarray(stack)
+
+    def _take_buffer(self) -> np.ndarray:
+        return self._spare.pop() if self._spare else np.empty(self._shape, np.float32)
+
+    def _run(self, work) -> None:
+        """Run ``work(scratch, r0, r1)`` on horizontal bands, one per thread."""
+        ny, nx = self._shape
+        n = max(1, min(self.n_threads, ny // self.block_rows))
+        while len(self._scratch) < n:
+            self._scratch.append(BlockScratch(self.block_rows, nx))
+        bounds = [ny * i // n for i in range(n + 1)]
+        if n == 1:
+            work(self._scratch[0], 0, ny)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(n, thread_name_prefix="spectral-cube")
+        futures = [
+            self._executor.submit(work, self._scratch[i], bounds[i], bounds[i + 1])
+            for i in range(n)
+        ]
+        for f in futures:
+            f.result()
+
+    def _average_rows(self, stack, out, sc, r0, r1) -> None:
+        robust_average(stack, method=self.stack_average, out=out, rows=(r0, r1), scratch=sc)
+
+    def _matches(self, key: float, flat_energy: float | None) -> bool:
+        return flat_energy is not None and abs(flat_energy - key) <= self.energy_tolerance
+
+    def _row_of(self, key: float) -> int:
+        return int(np.searchsorted(self._energies[: self._n_rows], key))
+
+    def _row_energy(self, energy: float) -> float:
+        """The row energy a sample at ``energy`` belongs to (adds a row when growing)."""
+        rows = self._energies[: self._n_rows]
+        i = int(np.argmin(np.abs(rows - energy))) if rows.size else -1
+        if i >= 0 and abs(rows[i] - energy) <= self.energy_tolerance:
+            key = float(rows[i])
+            if self._ready[i] or key in self._pending:
+                self.counters_["duplicate_energy"] += 1
+                logger.warning("a second sample at %.2f eV replaces the first", energy)
+                self._pending.pop(key, None)
+                self._ready[i] = False
+            return key
+        if self._planned:
+            raise UnplannedEnergyError(
+                f"{energy:.3f} eV is not within {self.energy_tolerance:.3f} eV of a planned energy"
+                f" ({rows[0]:.2f}..{rows[-1]:.2f} eV, {rows.size} points)"
+            )
+        self._insert_row(energy)
+        return energy
+
+    def _insert_row(self, energy: float) -> None:
+        """Grow the cube by one row at the sorted position of ``energy`` (doubling capacity)."""
+        n = self._n_rows
+        if n == self._energies.size:
+            cap = max(2 * n, 1)
+            grown = np.zeros((cap, self._cube.shape[1]), np.float32)
+            grown[:n] = self._cube[:n]
+            self._cube = grown
+            self._energies = np.concatenate([self._energies, np.full(cap - n, np.inf)])
+            self._ready = np.concatenate([self._ready, np.zeros(cap - n, bool)])
+            self._shifts = np.concatenate([self._shifts, np.zeros((cap - n, 2))])
+            self._measured = np.concatenate([self._measured, np.full(cap - n, np.nan)])
+        pos = int(np.searchsorted(self._energies[:n], energy))
+        if pos < n and not self._warned_order:
+            self._warned_order = True
+            logger.warning("energies arrive out of order: each such row moves the rows above it")
+        for j in range(n, pos, -1):  # row by row: no temporary copy of the cube
+            self._cube[j] = self._cube[j - 1]
+        for arr in (self._energies, self._ready, self._shifts, self._measured):
+            arr[pos + 1 : n + 1] = arr[pos:n].copy()
+        self._energies[pos], self._ready[pos] = energy, False
+        self._shifts[pos], self._measured[pos] = 0.0, np.nan
+        self._n_rows = n + 1
+
+    def _i0_offset(self, pending: _Pending, flat: _Flat | None) -> float:
+        if not self.i0_correction or flat is None:
+            return 0.0
+        if pending.i0 is None or flat.i0 is None:
+            if pending.i0 is not None or flat.i0 is not None:
+                self.counters_["i0_missing"] += 1
+            return 0.0
+        return math.log(pending.i0 / flat.i0)
+
+    def _normalise(self, key: float, flat: _Flat | None, *, sample_stack=None, flat_stack=None):
+        """Normalise, register and store the sample of row energy ``key``.
+
+        The sample is ``sample_stack`` or else the raw average waiting in its row; the flat is
+        ``flat_stack`` (whose average is kept in ``flat.image``) or else ``flat.image``; no flat
+        means raw absorbance.
+        """
+        pending = self._pending.pop(key)
+        row = self._row_of(key)
+        dst = self._cube[row].reshape(self._shape)
+        sample = dst if sample_stack is None else sample_stack
+        store = None if flat_stack is None else flat.image
+        flat_src: np.ndarray | float
+        if flat is None:
+            self.counters_["raw_absorbance"] += 1
+            logger.warning("no flat for %.2f eV: stored as raw absorbance (no flat-field)", key)
+            bright = dst[::4, ::4] - (self._dark[::4, ::4] if self._dark is not None else 0)
+            flat_src = float(np.nanpercentile(bright, self.bright_percentile))
+        else:
+            flat_src = flat.image if flat_stack is None else flat_stack
+        # raw absorbance divides by a level that is already dark-subtracted
+        dark = self._dark
+        offset = self._i0_offset(pending, flat)
+        target = self._work if self.register else dst
+        t0 = time.perf_counter()
+        self._run(lambda sc, r0, r1: normalise_rows(
+            sample, flat_src, dark, target, offset=offset, rows=(r0, r1), scratch=sc,
+            method=self.stack_average, flat_store=store))  # fmt: skip
+        t1 = time.perf_counter()
+        drift = np.zeros(2)
+        if self.register:
+            failed = self.tracker.n_failed_
+            drift = self.tracker.update(self._work)
+            self.counters_["registration_failed"] += self.tracker.n_failed_ - failed
+        t2 = time.perf_counter()
+        valid = self._valid.reshape(self._shape)
+        counts = []
+
+        def finish(sc, r0, r1):
+            if self.register:
+                apply_shift(self._work, drift, out=dst, fill=np.nan, rows=(r0, r1),
+                            block_rows=self.block_rows, scratch=sc.shift)  # fmt: skip
+            counts.append(mask_nonfinite_rows(dst, valid, self.fill_value, rows=(r0, r1),
+                                              scratch=sc))  # fmt: skip
+
+        self._run(finish)
+        border = 0
+        if self.register:
+            ys, xs = covered_region(self._shape, drift)
+            border = self._valid.size - (ys.stop - ys.start) * (xs.stop - xs.start)
+        self.counters_["border_pixels"] += border
+        self.counters_["masked_values"] += sum(counts) - border
+        self._ready[row], self._shifts[row] = True, drift
+        self.timings_["average_normalise"] += t1 - t0
+        self.timings_["register"] += t2 - t1
+        self.timings_["shift_store"] += time.perf_counter() - t2
