@@ -13,6 +13,7 @@ version, or its ``score`` moved by more than ``update_score_tolerance`` (relativ
 Otherwise it is counted as ``deduplicated`` and :meth:`~AlertPublisher.publish` returns ``None``.
 ``scan_summary`` alerts are one-off events: never held as firing, deduplicated the same way
 against recent events. :meth:`~AlertPublisher.resolve` sends ``status="resolved"`` and forgets it.
+The bookkeeping lives in :class:`~streamer.alerts.ledger.AlertLedger`.
 
 Overload: the outbox holds ``max_queue`` messages; when full, a new alert evicts the oldest queued
 one of a lower severity (debug first), else it is refused. Heartbeats are never queued (the thread
@@ -29,7 +30,6 @@ import os
 import socket
 import threading
 import time
-from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from secrets import token_hex
@@ -38,27 +38,14 @@ from typing import Any
 import zmq
 
 from .endpoints import DEFAULT_ENDPOINT, check_bind_endpoint, default_snapshot_endpoint, port_of
-from .flow import Outbox, RateLimiter, is_material_update
+from .flow import RateLimiter
 from .heartbeat import make_heartbeat
+from .ledger import AlertLedger
 from .log import AlertLog
-from .schema import (
-    EVENT_KINDS,
-    HEARTBEAT_TOPIC,
-    MAX_MESSAGE_CHARS,
-    PUBLISHER_FIELDS,
-    AlertValidationError,
-    alert_topic,
-    dumps,
-    iso_time,
-    loads,
-    make_alert,
-    severity_rank,
-)
+from .schema import HEARTBEAT_TOPIC, PUBLISHER_FIELDS, AlertValidationError, dumps, make_alert
 from .snapshot import serve_snapshot_requests
 
 log = logging.getLogger(__name__)
-
-RECENT_EVENTS = 1024
 
 
 class AlertPublisher:
@@ -129,24 +116,23 @@ class AlertPublisher:
         self.publisher_id = publisher_id or f"{socket.gethostname()}:{os.getpid()}"
         self.epoch = token_hex(8)
         self.heartbeat_interval = float(heartbeat_interval)
-        self.update_score_tolerance = float(update_score_tolerance)
         self.linger = float(linger)
         self.endpoint: str = self._bind
         self.snapshot_endpoint: str | None = self._snapshot_bind
         self.log_path = Path(log_path) if log_path is not None else None
         self._log = AlertLog(self.log_path) if self.log_path is not None else None
 
-        self._lock = threading.Lock()
-        self._seq = 0
-        self._firing: dict[str, dict[str, Any]] = {}
-        self._recent_events: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._outbox = Outbox(max_queue)
-        self._limiter = RateLimiter(max_rate_per_s, burst=burst)
-        self._counts: Counter[str] = Counter()
-        self._last_warned: dict[str, float] = {}
-        self._closed = False
+        self._ledger = AlertLedger(
+            self.publisher_id,
+            self.epoch,
+            max_queue=max_queue,
+            limiter=RateLimiter(max_rate_per_s, burst=burst),
+            update_score_tolerance=update_score_tolerance,
+            on_enqueue=self._wake,
+        )
 
-        self._context = context or zmq.Context.instance()
+        self._own_context = context is None
+        self._context = context or zmq.Context()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
         self._stop = threading.Event()
@@ -177,20 +163,13 @@ class AlertPublisher:
         fields = {k: v for k, v in alert.items() if k not in (*PUBLISHER_FIELDS, "schema")}
         if "kind" not in fields:
             raise AlertValidationError("kind", "is missing")
-        full = make_alert(fields.pop("kind"), **fields)
-        with self._lock:
-            self._check_open()
-            if full["status"] == "resolved":
-                return self._resolve_locked(full["fingerprint"], update=full)
-            return self._publish_locked(full)
+        return self._ledger.submit(make_alert(fields.pop("kind"), **fields))
 
     __call__ = publish
 
     def resolve(self, fingerprint: str, *, message: str | None = None) -> dict[str, Any] | None:
         """Send ``status="resolved"`` for a firing alert; ``None`` if it is not firing."""
-        with self._lock:
-            self._check_open()
-            return self._resolve_locked(fingerprint, message=message)
+        return self._ledger.resolve(fingerprint, message=message)
 
     def wait_for_subscribers(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a first subscription; return whether one came."""
@@ -199,27 +178,17 @@ class AlertPublisher:
     @property
     def firing(self) -> list[dict[str, Any]]:
         """Copies of the currently firing alerts, oldest ``seq`` first."""
-        with self._lock:
-            return [loads(dumps(a)) for a in sorted(self._firing.values(), key=lambda a: a["seq"])]
+        return self._ledger.firing()
 
     @property
     def stats(self) -> dict[str, Any]:
         """Counters: published, sent, updates, deduplicated, resolved, rate_limited, dropped..."""
-        with self._lock:
-            return {
-                **self._counts,
-                "seq": self._seq,
-                "queued": len(self._outbox),
-                "firing": len(self._firing),
-                "rate_limited_by_kind": dict(self._limiter.suppressed_total),
-            }
+        return self._ledger.stats()
 
     def close(self) -> None:
         """Send what is queued (waiting up to ``linger`` s), then close everything (idempotent)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        if not self._ledger.close():
+            return
         atexit.unregister(self.close)
         self._stop.set()
         self._wake()
@@ -236,85 +205,6 @@ class AlertPublisher:
 
     def __repr__(self) -> str:
         return f"<AlertPublisher {self.publisher_id} on {self.endpoint} epoch={self.epoch}>"
-
-    # ---------------------------------------------------------------- under self._lock
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-
-    def _publish_locked(self, alert: dict[str, Any], *, exempt: bool = False) -> dict | None:
-        fp, kind = alert["fingerprint"], alert["kind"]
-        known = self._recent_events if kind in EVENT_KINDS else self._firing
-        previous = known.get(fp)
-        if previous is not None and not exempt:
-            if not is_material_update(previous, alert, tolerance=self.update_score_tolerance):
-                self._counts["deduplicated"] += 1
-                return None
-        if not exempt and not self._limiter.allow(
-            kind, mode=alert["mode"], message=alert["message"]
-        ):
-            self._counts["rate_limited"] += 1
-            self._warn_throttled("rate", "rate limit: %d alerts suppressed", "rate_limited")
-            self._wake()
-            return None
-        revision = previous["revision"] + 1 if previous is not None else 0
-        out = self._enqueue_locked(alert, revision=revision)
-        if out is not None:
-            known[fp] = out
-            self._counts["updates" if previous is not None else "published"] += 1
-            if kind in EVENT_KINDS:
-                self._recent_events.move_to_end(fp)
-                while len(self._recent_events) > RECENT_EVENTS:
-                    self._recent_events.popitem(last=False)
-        return loads(dumps(out)) if out is not None else None
-
-    def _resolve_locked(
-        self, fingerprint: str, *, message: str | None = None, update: Mapping | None = None
-    ) -> dict[str, Any] | None:
-        previous = self._firing.get(fingerprint)
-        if previous is None:
-            self._counts["resolve_not_firing"] += 1
-            log.info("resolve: no firing alert with fingerprint %s", fingerprint)
-            return None
-        resolved = {**previous, **(update or {}), "status": "resolved"}
-        text = message or (update or {}).get("message") or f"resolved: {previous['message']}"
-        resolved["message"] = text[:MAX_MESSAGE_CHARS]
-        out = self._enqueue_locked(resolved, revision=previous["revision"] + 1)
-        if out is None:
-            return None
-        del self._firing[fingerprint]
-        self._counts["resolved"] += 1
-        return loads(dumps(out))
-
-    def _enqueue_locked(self, alert: dict[str, Any], *, revision: int) -> dict[str, Any] | None:
-        now = time.time()
-        out = {
-            **alert,
-            "seq": self._seq + 1,
-            "epoch": self.epoch,
-            "publisher": self.publisher_id,
-            "time": now,
-            "time_iso": iso_time(now),
-            "revision": revision,
-        }
-        topic = alert_topic(out["mode"], out["kind"]).encode()
-        accepted, evicted = self._outbox.put(
-            (topic, dumps(out), out["seq"]), rank=severity_rank(out["severity"])
-        )
-        if not accepted or evicted is not None:
-            self._counts["dropped_overload"] += 1
-            self._warn_throttled("overload", "outbox full: %d alerts dropped", "dropped_overload")
-        if not accepted:
-            return None
-        self._seq += 1
-        self._wake()
-        return out
-
-    def _warn_throttled(self, key: str, message: str, counter: str, every: float = 5.0) -> None:
-        now = time.monotonic()
-        if now - self._last_warned.get(key, -every) >= every:
-            self._last_warned[key] = now
-            log.warning(message, self._counts[counter])
 
     def _wake(self) -> None:
         try:
@@ -346,6 +236,7 @@ class AlertPublisher:
         try:
             self._loop(xpub, router)
         except Exception:
+            self._ledger.close()  # publish() now raises instead of queueing into the void
             log.exception("alert publisher thread failed; no more alerts will be sent")
         finally:
             linger_ms = int(self.linger * 1000)
@@ -369,10 +260,10 @@ class AlertPublisher:
             if xpub in events:
                 self._handle_subscriptions(xpub)
             if router is not None and router in events:
-                n = serve_snapshot_requests(router, self._snapshot_state)
-                with self._lock:
-                    self._counts["snapshots_served"] += n
-            self._summarise_rate_limits()
+                self._ledger.count(
+                    "snapshots", serve_snapshot_requests(router, self._ledger.snapshot)
+                )
+            self._ledger.summarise_rate_limits()
             self._send_queued(xpub)
             if stopping or time.monotonic() >= next_heartbeat:
                 self._send_heartbeat(xpub, closing=stopping)
@@ -388,70 +279,44 @@ class AlertPublisher:
                 return
             if message[:1] == b"\x01":
                 self._subscribed.set()
-                with self._lock:
-                    self._counts["subscriptions"] += 1
+                self._ledger.count("subscriptions")
                 if HEARTBEAT_TOPIC.encode().startswith(message[1:]):
                     self._send_heartbeat(xpub)  # tells the subscriber its subscriptions are active
             elif message[:1] == b"\x00":
-                with self._lock:
-                    self._counts["unsubscriptions"] += 1
-
-    def _snapshot_state(self) -> dict[str, Any]:
-        with self._lock:
-            alerts = sorted(self._firing.values(), key=lambda a: a["seq"])
-            return {
-                "publisher": self.publisher_id,
-                "epoch": self.epoch,
-                "seq": self._seq,
-                "alerts": alerts,
-            }
-
-    def _summarise_rate_limits(self) -> None:
-        with self._lock:
-            for action, fields in self._limiter.due():
-                summary = make_alert("data_quality", **fields)
-                if action == "fire":
-                    self._publish_locked(summary, exempt=True)
-                else:
-                    self._resolve_locked(summary["fingerprint"], message=fields["message"])
+                self._ledger.count("unsubscriptions")
 
     def _send_queued(self, xpub: zmq.Socket) -> None:
-        with self._lock:
-            items = self._outbox.drain()
+        items = self._ledger.drain()
         for topic, payload, seq in items:
             try:
                 xpub.send_multipart([topic, payload], zmq.NOBLOCK)
             except zmq.ZMQError as err:
-                with self._lock:
-                    self._counts["send_errors"] += 1
+                self._ledger.count("send_errors")
                 log.error("could not send alert seq %d: %s", seq, err)
             self._last_sent_seq = seq
             if self._log is not None:
                 try:
                     self._log.write_line(payload)
                 except (OSError, ValueError) as err:
-                    with self._lock:
-                        self._counts["log_errors"] += 1
+                    self._ledger.count("log_errors")
                     log.error("could not append alert seq %d to %s: %s", seq, self.log_path, err)
         if items:
-            with self._lock:
-                self._counts["sent"] += len(items)
+            self._ledger.count("sent", len(items))
 
     def _send_heartbeat(self, xpub: zmq.Socket, *, closing: bool = False) -> None:
-        with self._lock:
-            counts, n_firing = dict(self._counts), len(self._firing)
-            self._counts["heartbeats"] += 1
+        stats = self._ledger.stats()
+        self._ledger.count("heartbeats")
         snapshot = self.snapshot_endpoint
         beat = make_heartbeat(
             publisher=self.publisher_id,
             epoch=self.epoch,
             seq=self._last_sent_seq,
             interval=self.heartbeat_interval,
-            n_firing=n_firing,
+            n_firing=stats.pop("firing"),
             snapshot_port=port_of(snapshot) if snapshot else None,
             snapshot_endpoint=snapshot,
             closing=closing,
-            counts=counts,
+            counts={k: v for k, v in stats.items() if isinstance(v, int)},
         )
         try:
             xpub.send_multipart([HEARTBEAT_TOPIC.encode(), dumps(beat)], zmq.NOBLOCK)
@@ -463,3 +328,5 @@ class AlertPublisher:
             sock.close()
         if self._log is not None:
             self._log.close()
+        if self._own_context and not self._thread.is_alive():
+            self._context.term()  # waits up to ``linger`` for queued messages to leave

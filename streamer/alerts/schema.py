@@ -202,8 +202,8 @@ def make_alert(kind: str, **fields: Any) -> dict[str, Any]:
         Any of :data:`FIELDS`. Defaults: ``severity`` by kind (:data:`DEFAULT_SEVERITY`),
         ``status="firing"``, ``mode="live"``, ``provisional`` from ``energy_index`` and
         ``n_energies``, ``message`` from :func:`default_message`, ``fingerprint`` from
-        :func:`compute_fingerprint`. Publisher fields (``seq``, ``time``...) stay ``None``.
-        numpy values are converted to plain JSON types.
+        :func:`compute_fingerprint` (a given one must match it). Publisher fields (``seq``,
+        ``time``...) stay ``None``. numpy values are converted to plain JSON types.
 
     Examples
     --------
@@ -233,8 +233,13 @@ def make_alert(kind: str, **fields: Any) -> dict[str, Any]:
     validate_alert(alert, published=False, check_message=False)
     if not alert["message"]:
         alert["message"] = default_message(alert)
-    if not alert["fingerprint"]:
-        alert["fingerprint"] = compute_fingerprint(alert)
+    fingerprint = compute_fingerprint(alert)
+    if alert["fingerprint"] not in (None, fingerprint):
+        raise AlertValidationError(
+            "fingerprint",
+            f"is {alert['fingerprint']!r} but the identifying fields give {fingerprint!r}",
+        )
+    alert["fingerprint"] = fingerprint
     validate_alert(alert, published=False)
     return alert
 
