@@ -2,15 +2,17 @@
 
 Overload policy (stated once, applied everywhere):
 
-- **Control documents** (``start``, ``descriptor``, ``resource``, ``datum``, ``datum_page``,
-  ``stop``) are always accepted. They are small, and losing one would corrupt a whole run.
+- **Control documents** (``start``, ``descriptor``, ``resource``,
+  ``datum``, ``datum_page``, ``stop``) are always accepted. They are small, and losing one would
+  corrupt a whole run.
 - **Event documents** are accepted while fewer than ``max_events`` events and ``max_bytes`` of
   inline array data wait. Beyond that an event is *dropped*, never waited for: the RunEngine is never
   blocked. Every drop is counted per run, logged, and handed to the run's processor as a
   ``("dropped", {...})`` marker in order, so the analysis knows which energy it lost and says so
   in a ``data_quality`` alert.
-- Before it drops, the analysis degrades: the processor sees the backlog (:attr:`DocumentQueue.depth`)
-  and skips optional provisional evaluations while the queue is more than half full.
+- Before it drops, the analysis degrades: the processor sees the backlog
+  (:attr:`DocumentQueue.depth`) and skips optional provisional re-evaluations while the queue is
+  more than half full.
 """
 
 from __future__ import annotations
@@ -94,20 +96,31 @@ class DocumentQueue:
                 self.stats.dropped_events += 1
                 self.stats.dropped_bytes += nbytes
                 self.stats.dropped_by_run[run_key] = self.stats.dropped_by_run.get(run_key, 0) + 1
-                marker = {"name": name, "doc_uid": doc.get("uid"), "seq_num": doc.get("seq_num"),
-                          "descriptor": doc.get("descriptor"), "nbytes": nbytes}
+                marker = {
+                    "name": name,
+                    "doc_uid": doc.get("uid"),
+                    "seq_num": doc.get("seq_num"),
+                    "descriptor": doc.get("descriptor"),
+                    "nbytes": nbytes,
+                }
                 self._append(target, "dropped", marker, 0, is_event=False)
                 log.warning(
-                    "analysis queue full (%d events, %.0f MB waiting): dropped %s seq_num=%s of run %s",
-                    self._events, self._bytes / 1e6, name, doc.get("seq_num"), run_key[:8],
+                    "analysis queue full (%d events, %.0f MB waiting): "
+                    "dropped %s seq_num=%s of run %s",
+                    self._events,
+                    self._bytes / 1e6,
+                    name,
+                    doc.get("seq_num"),
+                    run_key[:8],
                 )
                 return False
             self._append(target, name, doc, nbytes, is_event=name in EVENT_DOCUMENTS)
             self.stats.accepted += 1
             return True
 
-    def _append(self, target: Target, name: str, doc: Mapping[str, Any], nbytes: int,
-                *, is_event: bool) -> None:
+    def _append(
+        self, target: Target, name: str, doc: Mapping[str, Any], nbytes: int, *, is_event: bool
+    ) -> None:
         self._items.append((target, name, doc, nbytes))
         self._events += is_event
         self._bytes += nbytes

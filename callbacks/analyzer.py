@@ -1,0 +1,239 @@
+"""``XanesAnalyzer``: the callback a beamline subscribes to its RunEngine.
+
+Reading order for a newcomer following one frame to an alert:
+
+1. :class:`XanesAnalyzer` (this module), on the RunEngine's thread: a ``RunRouter`` asks
+   :func:`~callbacks.dialects.detect_dialect` whether a new run is XANES; for a XANES run it
+   creates one :class:`~callbacks.processor.XanesRunProcessor` and forwards that run's documents
+   into a bounded :class:`~callbacks.worker.DocumentQueue`. Nothing else happens on that thread.
+2. :class:`~callbacks.worker.AnalysisWorker`, the analysis thread, hands each document to its
+   run's processor, which fills external frames and calls the engine.
+3. :class:`streamer.run_analysis.RunAnalysis` accumulates the spectra (:mod:`streamer.cube`),
+   computes provisional attributes (:mod:`streamer.attributes`), segments particles
+   (:mod:`streamer.particles`) and asks the campaign model (:mod:`streamer.learning`) for scores.
+4. :mod:`streamer.decisions` turns scores into alert dicts, which go to the ``alerts`` callable:
+   usually a :class:`streamer.alerts.AlertPublisher` (ZeroMQ).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import event_model
+
+from callbacks.dialects import detect_dialect
+from callbacks.handlers import HANDLER_REGISTRY
+from callbacks.processor import XanesRunProcessor
+from callbacks.worker import AnalysisWorker, DocumentQueue
+from streamer.session import AnalysisSession
+
+log = logging.getLogger(__name__)
+
+
+class _TolerantRunRouter(event_model.RunRouter):
+    """A ``RunRouter`` that ignores documents of runs whose start it never saw.
+
+    A callback subscribed mid-run (or fed from a proxy it joined late) sees descriptors and events
+    that refer to an unknown start; the stock router raises ``KeyError``. Here they are counted
+    and logged once per unknown run.
+    """
+
+    def __init__(self, factories: list, **kwargs: Any) -> None:
+        super().__init__(factories, **kwargs)
+        self.orphan_documents = 0
+        self._orphan_runs: set[str] = set()
+        self._resource_runs: dict[str, set[str]] = {}
+
+    def _known(self, name: str, start_uid: str | None) -> bool:
+        if start_uid is not None and start_uid in self._start_to_start_doc:
+            return True
+        self.orphan_documents += 1
+        key = start_uid or "?"
+        if key not in self._orphan_runs and len(self._orphan_runs) < 1000:
+            self._orphan_runs.add(key)
+            log.warning(
+                "ignoring %s of run %s whose start document was never received "
+                "(subscribed mid-run?); further documents of that run are ignored silently",
+                name,
+                key[:8],
+            )
+        return False
+
+    def descriptor(self, doc: Mapping[str, Any]) -> None:
+        if self._known("descriptor", doc.get("run_start")):
+            super().descriptor(doc)
+
+    def event_page(self, doc: Mapping[str, Any]) -> None:
+        start = self._descriptor_to_start.get(doc.get("descriptor"))
+        if self._known("event", start):
+            super().event_page(doc)
+
+    def resource(self, doc: Mapping[str, Any]) -> None:
+        start = doc.get("run_start")
+        if start is None or self._known("resource", start):
+            if start is not None:
+                self._resource_runs.setdefault(start, set()).add(doc["uid"])
+            super().resource(doc)
+
+    def datum_page(self, doc: Mapping[str, Any]) -> None:
+        resource = doc.get("resource")
+        if resource in self._resources or resource in self._unlabeled_resources:
+            super().datum_page(doc)
+        else:
+            self._known("datum", None)
+
+    def stop(self, doc: Mapping[str, Any]) -> None:
+        start = doc.get("run_start")
+        if self._known("stop", start):
+            super().stop(doc)
+            # The stock router keys resources by resource uid but cleans them by start uid.
+            for resource_uid in self._resource_runs.pop(start, ()):
+                self._resources.pop(resource_uid, None)
+
+
+class _Forward:
+    """The per-run callback on the RunEngine's thread: enqueue, never analyse."""
+
+    __slots__ = ("processor", "queue", "run_uid")
+
+    def __init__(self, queue: DocumentQueue, processor: XanesRunProcessor, run_uid: str) -> None:
+        self.queue = queue
+        self.processor = processor
+        self.run_uid = run_uid
+
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        self.queue.put(self.processor, name, doc, run_key=self.run_uid)
+
+
+class XanesAnalyzer:
+    """Live TXM-XANES analysis of bluesky documents, subscribable to a RunEngine.
+
+    Parameters
+    ----------
+    alerts
+        Where alerts go: an :class:`streamer.alerts.AlertPublisher`, or any callable taking one
+        alert dict (``print``, ``list.append``...). ``None`` keeps them only in the session.
+    out_dir
+        Directory for ``alerts.jsonl`` is the publisher's business; here the per-field report
+        figures and the campaign checkpoint are written (``None``: nothing on disk).
+    mode
+        ``"live"`` or ``"replay"``, copied into every alert.
+    session
+        An existing :class:`streamer.session.AnalysisSession` (campaign model and alert policy) to
+        share between analyzers; by default one is created from the other options.
+    checkpoint
+        Campaign checkpoint file, loaded if it exists and saved after every run.
+    handler_registry, root_map
+        For ``event_model.Filler``; default: :data:`callbacks.handlers.HANDLER_REGISTRY`.
+    max_queue_events, max_queue_bytes
+        Bounds of the hand-off queue (see :mod:`callbacks.worker` for the overload policy).
+    report
+        Write PNG figures per field of view and a campaign report under ``out_dir/report``.
+
+    Examples
+    --------
+    >>> from bluesky import RunEngine                       # doctest: +SKIP
+    >>> RE = RunEngine()                                    # doctest: +SKIP
+    >>> analyzer = XanesAnalyzer(alerts=print)              # doctest: +SKIP
+    >>> RE.subscribe(analyzer)                              # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        alerts: Callable[[dict], Any] | None = None,
+        out_dir: str | Path | None = None,
+        mode: str = "live",
+        session: AnalysisSession | None = None,
+        checkpoint: str | Path | None = None,
+        handler_registry: Mapping[str, Any] | None = None,
+        root_map: Mapping[str, str] | None = None,
+        max_queue_events: int = 512,
+        max_queue_bytes: int = 2 * 1024**3,
+        report: bool = True,
+        **session_options: Any,
+    ) -> None:
+        if mode not in ("live", "replay"):
+            raise ValueError(f"mode must be 'live' or 'replay', not {mode!r}")
+        if alerts is not None and not callable(alerts):
+            raise TypeError(f"alerts must be callable (a publisher or a function), not {alerts!r}")
+        self.mode = mode
+        self.session = session or AnalysisSession(
+            alerts=alerts, out_dir=out_dir, checkpoint=checkpoint, report=report, **session_options
+        )
+        self.handler_registry = dict(handler_registry or HANDLER_REGISTRY)
+        self.root_map = dict(root_map or {})
+        self.queue = DocumentQueue(max_events=max_queue_events, max_bytes=max_queue_bytes)
+        self.worker = AnalysisWorker(self.queue)
+        self.worker.start()
+        self._router = _TolerantRunRouter([self._factory])
+        self.ignored_runs = 0
+        self.errors = 0
+
+    def _factory(self, name: str, start: Mapping[str, Any]) -> tuple[list, list]:
+        dialect = detect_dialect(start)
+        if dialect is None:
+            self.ignored_runs += 1
+            return [], []
+        log.info(
+            "run %s (scan %s, %s) recognised as %s XANES with %s planned energies",
+            start["uid"][:8],
+            start.get("scan_id"),
+            start.get("plan_name"),
+            dialect.name,
+            len(dialect.planned_energies_ev or ()) or "unknown",
+        )
+        processor = XanesRunProcessor(
+            dialect,
+            begin_run=lambda info: self.session.begin_run(info, backlog=lambda: self.queue.depth),
+            handler_registry=self.handler_registry,
+            root_map=self.root_map,
+            mode=self.mode,
+        )
+        return [_Forward(self.queue, processor, start["uid"])], []
+
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Take one document; never raises into the RunEngine."""
+        try:
+            self._router(name, doc)
+        except Exception:
+            self.errors += 1
+            log.exception(
+                "XanesAnalyzer could not route a %r document (uid %s); it is skipped",
+                name,
+                doc.get("uid") if isinstance(doc, Mapping) else "?",
+            )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every document received so far is analysed; False on timeout."""
+        return self.queue.join(timeout)
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Finish queued work, stop the analysis thread and close the session."""
+        self.worker.stop(timeout)
+        self.session.close()
+
+    def __enter__(self) -> XanesAnalyzer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters for monitoring: queue, drops, errors, ignored runs, orphan documents."""
+        q = self.queue.stats
+        return {
+            "accepted": q.accepted,
+            "processed": q.processed,
+            "dropped_events": q.dropped_events,
+            "max_queue_depth": q.max_depth,
+            "worker_errors": q.errors,
+            "router_errors": self.errors,
+            "ignored_runs": self.ignored_runs,
+            "orphan_documents": self._router.orphan_documents,
+            "worker_busy_s": round(self.worker.busy_seconds, 3),
+        }
