@@ -6,8 +6,8 @@ Overload policy (stated once, applied everywhere):
   ``datum``, ``datum_page``, ``stop``) are always accepted. They are small, and losing one would
   corrupt a whole run.
 - **Event documents** are accepted while fewer than ``max_events`` events and ``max_bytes`` of
-  inline array data wait. Beyond that an event is *dropped*, never waited for: the RunEngine is never
-  blocked. Every drop is counted per run, logged, and handed to the run's processor as a
+  inline array data wait. Beyond that an event is *dropped*, never waited for: the RunEngine is
+  never blocked. Every drop is counted per run, logged, and handed to the run's processor as a
   ``("dropped", {...})`` marker in order, so the analysis knows which energy it lost and says so
   in a ``data_quality`` alert.
 - Before it drops, the analysis degrades: the processor sees the backlog
