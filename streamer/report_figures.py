@@ -31,18 +31,7 @@ __all__ = [
 ]
 
 #: Categorical colours of clusters 0..9 (matplotlib's tab10), reused by the spectra figure.
-CLUSTER_COLOURS = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
+CLUSTER_COLOURS: tuple = tuple(colormaps["tab10"].colors)
 FLAG_COLOUR = "#e8000b"
 _BAD_COLOUR = "#d9d9d9"  # NaN pixels: background, masked
 _DPI = 100

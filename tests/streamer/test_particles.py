@@ -9,7 +9,12 @@ import pytest
 from skimage.draw import ellipse
 
 from sim.sample import make_field_of_view
-from streamer.masks import edge_jump_threshold, odd_value_mask, thickness_mask
+from streamer.masks import (
+    edge_jump_threshold,
+    estimate_noise_sigma,
+    odd_value_mask,
+    thickness_mask,
+)
 from streamer.particles import particle_table, segment_particles
 
 SHAPE = (128, 128)
@@ -90,6 +95,14 @@ def test_thickness_mask_recovers_particles_and_ignores_nan():
     assert not mask[5:10, 5:10].any()
     iou = (mask & (truth > 0)).sum() / (mask | (truth > 0)).sum()
     assert iou > 0.9
+
+
+@pytest.mark.parametrize("noise", [0.005, 0.02, 0.08])
+def test_noise_estimate_ignores_particles_and_masked_pixels(noise):
+    image, truth = spheres([(40, 40, 15), (90, 80, 20), (30, 100, 10)], noise=noise)
+    assert estimate_noise_sigma(image) == pytest.approx(noise, rel=0.1)
+    image[(truth == 0) & (np.arange(image.size).reshape(SHAPE) % 3 > 0)] = np.nan
+    assert estimate_noise_sigma(image) == pytest.approx(noise, rel=0.15)
 
 
 def test_thickness_mask_of_all_nan_is_empty(caplog):
@@ -268,6 +281,16 @@ def simulated_edge_jump(seed: int, *, noise=SIM_FRAME_NOISE_OD):
     noise_above, noise_below = rng.normal(0.0, noise, (2, *below.shape))
     image = (above + noise_above) - (below + noise_below)
     return image.astype(np.float32), fov.labels
+
+
+def test_segmentation_survives_a_masked_background(caplog):
+    """When the caller masks most empty pixels (NaN), the background level is taken as 0."""
+    image, truth = simulated_edge_jump(0)
+    rng = np.random.default_rng(3)
+    masked = (image <= 0) | ((truth == 0) & (rng.random(image.shape) < 0.8))
+    labels = segment_particles(np.where(masked, np.nan, image))
+    assert (matched_iou(labels, truth) >= 0.8).mean() >= 0.9
+    assert "assuming a background edge jump of 0" in caplog.text
 
 
 def test_segmentation_recovers_simulated_particles():
