@@ -19,18 +19,17 @@ never silently differs from what was acquired. With the default 1 GiB queue a wh
 Errors raised while writing are logged with the run uid, counted
 (:attr:`ArchiveStats.errors`) and never reach the RunEngine.
 
-Batching
---------
-TiledWriter groups events into batches before writing. The first batch of an inline array
-fixes its storage chunking, and a first batch over ~100 MB produces an array node with a
-wrong, padded shape (tiled 0.2.20). The batch size of each run is therefore chosen from its
-first descriptor so that ``batch_size x event bytes <= max_batch_bytes`` (default 32 MiB).
+Writing
+-------
+The worker hands documents to :class:`streamer.archive_writer.CatalogWriter`, which gives each
+run its own TiledWriter with a batch size that keeps tiled's arrays correct, and, with
+``handler_registry``, archives external detector frames inline (needed when one detector file
+holds the frames of several streams, as at FXI; see that module).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter, deque
@@ -41,48 +40,17 @@ from typing import Any
 
 import numpy as np
 
+from .archive_writer import CatalogWriter
 from .catalog import connect
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArchiveStats", "Archiver", "batch_size_for", "event_nbytes"]
+__all__ = ["ArchiveStats", "Archiver"]
 
 #: Documents that may be dropped under overload; everything else is always queued.
 DROPPABLE = frozenset({"event", "event_page"})
 #: Bytes charged per document on top of its arrays (keeps millions of tiny events bounded).
 DOC_OVERHEAD_BYTES = 1024
-#: Above this, tiled 0.2.20 chunks a new array oddly and later appends corrupt its shape.
-TILED_FIRST_WRITE_LIMIT = 100_000_000
-
-
-def event_nbytes(descriptor: Mapping) -> int:
-    """Bytes of the inline arrays of one event of this descriptor (external keys excluded).
-
-    >>> event_nbytes({"data_keys": {"img": {"dtype": "array", "shape": [4, 4],
-    ...                                     "dtype_numpy": "<u2"}}})
-    32
-    """
-    total = 0
-    for key in descriptor.get("data_keys", {}).values():
-        if key.get("external") or key.get("dtype") != "array":
-            continue
-        shape = [int(n) for n in key.get("shape") or [] if n is not None]
-        itemsize = np.dtype(key.get("dtype_numpy") or "<f8").itemsize
-        total += math.prod(shape) * itemsize
-    return total
-
-
-def batch_size_for(descriptor: Mapping, *, max_batch_bytes: int, max_events: int = 256) -> int:
-    """Events per TiledWriter batch so that a batch stays within ``max_batch_bytes``.
-
-    >>> batch_size_for({"data_keys": {"img": {"dtype": "array", "shape": [512, 512],
-    ...                 "dtype_numpy": "<f4"}}}, max_batch_bytes=32 * 2**20)
-    32
-    """
-    nbytes = event_nbytes(descriptor)
-    if nbytes == 0:
-        return max_events
-    return max(1, min(max_events, max_batch_bytes // nbytes))
 
 
 def _payload_nbytes(name: str, doc: Mapping) -> int:
@@ -138,16 +106,6 @@ class ArchiveStats:
         return sum(self.errors.values())
 
 
-class _RunState:
-    """What the worker knows about one run being written."""
-
-    def __init__(self, uid: str, start: dict):
-        self.uid = uid
-        self.pending: list[tuple[str, dict]] = [("start", start)]
-        self.writer: Callable[[str, dict], Any] | None = None
-        self.batch_size = 1
-
-
 class Archiver:
     """Bluesky callback writing runs into a tiled catalog from a worker thread.
 
@@ -162,9 +120,12 @@ class Archiver:
         Longest time, in seconds, an event waits on the RunEngine's thread for room in the
         queue before it is dropped (0: never wait).
     max_batch_bytes : int
-        Target size of one TiledWriter batch; keep well under 100 MB (module docstring).
+        Target size of one TiledWriter batch; must stay under 100 MB.
     batch_size : int, optional
         Fixed events per batch, overriding ``max_batch_bytes``.
+    handler_registry : mapping, optional
+        Spec -> handler class (e.g. ``callbacks.handlers.HANDLER_REGISTRY``): external
+        detector data is read on the worker thread and archived inline.
     copy_arrays : bool
         Copy event arrays on the RunEngine's thread (detectors may reuse buffers).
     writer_factory : callable, optional
@@ -189,23 +150,23 @@ class Archiver:
         max_wait: float = 0.05,
         max_batch_bytes: int = 32 << 20,
         batch_size: int | None = None,
+        handler_registry: Mapping[str, Any] | None = None,
         copy_arrays: bool = True,
         writer_factory: Callable[[Any, int], Callable[[str, dict], Any]] | None = None,
         **catalog_kwargs,
     ):
-        if max_batch_bytes >= TILED_FIRST_WRITE_LIMIT:
-            raise ValueError(
-                f"max_batch_bytes={max_batch_bytes} must stay under {TILED_FIRST_WRITE_LIMIT}: "
-                "larger first writes give tiled arrays a wrong, padded shape"
-            )
         create = isinstance(catalog, (str, Path)) and not str(catalog).startswith("http")
         self.client = connect(catalog, create=create, **catalog_kwargs)
+        self.writer = CatalogWriter(
+            self.client,
+            max_batch_bytes=max_batch_bytes,
+            batch_size=batch_size,
+            handler_registry=handler_registry,
+            writer_factory=writer_factory,
+        )
         self.max_queue_bytes = int(max_queue_bytes)
         self.max_wait = float(max_wait)
-        self.max_batch_bytes = int(max_batch_bytes)
-        self.batch_size = batch_size
         self.copy_arrays = copy_arrays
-        self._writer_factory = writer_factory or _tiled_writer
         self._queue: deque[tuple[str, dict, int]] = deque()
         self._cond = threading.Condition()
         self._busy = False
@@ -213,10 +174,7 @@ class Archiver:
         self._stats = ArchiveStats()
         self._dropped: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
-        # RunEngine-thread routing (for drop accounting) and worker-thread routing.
-        self._producer_desc_run: dict[str, str] = {}
-        self._runs: dict[str, _RunState] = {}
-        self._run_of: dict[str, str] = {}  # descriptor / resource uid -> run uid
+        self._producer_desc_run: dict[str, str] = {}  # RunEngine thread: descriptor -> run
         self._worker = threading.Thread(target=self._work, name="txm-archiver", daemon=True)
         self._worker.start()
 
@@ -227,16 +185,19 @@ class Archiver:
             self._enqueue(name, doc)
         except Exception:
             logger.exception("archiver could not queue a %r document; it is lost", name)
-            self._count_drop(self._producer_run_uid(name, doc), name)
+            self._count_drop(doc.get("run_start", "?") if isinstance(doc, Mapping) else "?", name)
 
     def _producer_run_uid(self, name: str, doc: Mapping) -> str:
         if name == "start":
             return doc.get("uid", "?")
         if name == "descriptor":
             self._producer_desc_run[doc["uid"]] = doc.get("run_start", "?")
-            return doc.get("run_start", "?")
         if name in DROPPABLE:
             return self._producer_desc_run.get(doc.get("descriptor", ""), "?")
+        if name == "stop":
+            for desc, run in list(self._producer_desc_run.items()):
+                if run == doc.get("run_start"):
+                    del self._producer_desc_run[desc]
         return doc.get("run_start", "?")
 
     def _count_drop(self, run_uid: str, name: str) -> None:
@@ -340,49 +301,13 @@ class Archiver:
                     self._stats.documents_written += 1
                     self._cond.notify_all()
 
-    def _route(self, name: str, doc: Mapping) -> str | None:
-        if name == "start":
-            return doc["uid"]
-        if name in ("descriptor", "resource", "stream_resource", "stop"):
-            run_uid = doc.get("run_start")
-            if run_uid is None and name != "stop":
-                run_uid = next(iter(self._runs), None)  # run_start is optional on resources
-            if run_uid is not None and name != "stop":
-                self._run_of[doc["uid"]] = run_uid
-            return run_uid
-        if name in DROPPABLE or name == "stream_datum":
-            key = doc.get("descriptor", "")
-        elif name == "datum":
-            key = doc.get("resource", "")
-        elif name == "datum_page":
-            resources = doc.get("resource") or [""]
-            key = resources[0] if isinstance(resources, list) else resources
-        else:
-            key = ""
-        return self._run_of.get(key)
-
     def _write(self, name: str, doc: dict) -> None:
-        run_uid = None
         try:
-            run_uid = self._route(name, doc)
-            if name == "start":
-                self._runs[run_uid] = _RunState(run_uid, doc)
-                return
-            run = self._runs.get(run_uid)
-            if run is None:
-                raise RuntimeError(f"{name} document of an unknown or finished run")
-            if run.writer is None:
-                if name != "descriptor" and name != "stop":
-                    run.pending.append((name, doc))
-                    return
-                self._start_writer(run, doc if name == "descriptor" else None)
-            elif name == "descriptor":
-                self._check_batch(run, doc)
-            run.writer(name, doc)
+            self.writer(name, doc)
             if name == "stop":
-                self._finish_run(run)
+                self._record_drops(doc["run_start"])
         except Exception:
-            uid = run_uid or "?"
+            uid = self.writer.current_run or "?"
             with self._cond:
                 self._errors[uid] += 1
                 n = self._errors[uid]
@@ -390,52 +315,12 @@ class Archiver:
                 logger.exception("archiving the %s document of run %s failed", name, uid)
             else:
                 logger.error("archiving the %s document of run %s failed (%d errors)", name, uid, n)
-            if name == "stop" and run_uid in self._runs:
-                self._forget(run_uid)
 
-    def _start_writer(self, run: _RunState, descriptor: Mapping | None) -> None:
-        batch = self.batch_size or (
-            batch_size_for(descriptor, max_batch_bytes=self.max_batch_bytes)
-            if descriptor is not None
-            else 1
-        )
-        logger.debug("archiving run %s with batches of %d events", run.uid, batch)
-        run.batch_size = batch
-        run.writer = self._writer_factory(self.client, batch)
-        pending, run.pending = run.pending, []
-        for name, doc in pending:
-            run.writer(name, doc)
-
-    def _check_batch(self, run: _RunState, descriptor: Mapping) -> None:
-        nbytes = event_nbytes(descriptor) * run.batch_size
-        if nbytes >= TILED_FIRST_WRITE_LIMIT:
-            logger.warning(
-                "run %s: stream %r has batches of %d bytes (batch size %d, chosen from the first "
-                "stream); over %d bytes tiled may store its arrays with a wrong shape; pass "
-                "batch_size= to Archiver",
-                run.uid,
-                descriptor.get("name"),
-                nbytes,
-                run.batch_size,
-                TILED_FIRST_WRITE_LIMIT,
-            )
-
-    def _finish_run(self, run: _RunState) -> None:
+    def _record_drops(self, run_uid: str) -> None:
+        """Note in the archived run's metadata how many events the queue dropped."""
         with self._cond:
-            dropped = self._dropped.get(run.uid, 0)
+            dropped = self._dropped.get(run_uid, 0)
         if dropped:
             note = {"dropped_events": dropped, "max_queue_bytes": self.max_queue_bytes}
-            self.client[run.uid].update_metadata({"txm_streamer_archive": note})
-            logger.warning("run %s archived without %d dropped event(s)", run.uid, dropped)
-        self._forget(run.uid)
-
-    def _forget(self, run_uid: str) -> None:
-        self._runs.pop(run_uid, None)
-        for key in [k for k, v in self._run_of.items() if v == run_uid]:
-            del self._run_of[key]
-
-
-def _tiled_writer(client, batch_size: int):
-    from bluesky_tiled_plugins import TiledWriter
-
-    return TiledWriter(client, batch_size=batch_size)
+            self.client[run_uid].update_metadata({"txm_streamer_archive": note})
+            logger.warning("run %s archived without %d dropped event(s)", run_uid, dropped)

@@ -165,7 +165,9 @@ def _initialize_database(uri: str) -> None:
     def work():
         try:
             asyncio.run(create_tables())
-            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # alembic's ini notice
+                stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
         except BaseException as err:  # re-raised in the calling thread below
             errors.append(err)
 
@@ -292,11 +294,11 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def _location(client) -> str:
-    try:
-        return str(client.uri)
-    except Exception:  # a client without a URI is still a client
-        return type(client).__name__
+def _location(catalog, client) -> str:
+    if isinstance(catalog, (str, Path)):
+        return str(catalog)
+    uri = str(getattr(client, "uri", ""))
+    return "" if uri.startswith("http://local-tiled-app") else uri
 
 
 def lookup_run(catalog, uid: str, *, n_hint: int = 5):
@@ -316,10 +318,10 @@ def lookup_run(catalog, uid: str, *, n_hint: int = 5):
         pass
     known = []
     try:
-        known = list(client.keys()[-n_hint:])
+        known = list(client.keys().tail(n_hint))
     except Exception:  # the hint is a courtesy; the missing uid is the error to report
         logger.debug("could not list runs for the not-found hint", exc_info=True)
-    raise RunNotFoundError(uid, known, location=_location(client)) from None
+    raise RunNotFoundError(uid, known, location=_location(catalog, client)) from None
 
 
 def run_start(catalog, uid: str) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -75,21 +76,21 @@ def _direct_reader(node, shape: tuple, dtype: np.dtype) -> Callable[[int, int], 
         if tuple(array.shape) == shape and np.dtype(array.dtype) == dtype:
             return lambda a, b: np.asarray(array[a:b])
     elif mimetype == "application/x-hdf5":
-        import h5py
-
         dataset = source.parameters.get("dataset") or "/entry/data/data"
-        files = [h5py.File(p, "r", locking=False) for p in paths]
-        parts = [f[dataset] for f in files]
-        if (
-            all(np.dtype(p.dtype) == dtype for p in parts)
-            and (
-                sum(p.shape[0] for p in parts),
-                *parts[0].shape[1:],
+        if source.parameters.get("slice") or source.parameters.get("squeeze"):
+            return None
+        sizes, row_shape, ok = [], None, True
+        for path in paths:
+            with _h5_dataset(path, dataset) as ds:
+                sizes.append(ds.shape[0])
+                row_shape = row_shape or tuple(ds.shape[1:])
+                ok = ok and np.dtype(ds.dtype) == dtype and tuple(ds.shape[1:]) == row_shape
+        per = _rows_per_row(sum(sizes), row_shape, shape) if ok else None
+        if per is not None:
+            offsets = np.cumsum([0, *sizes])
+            return lambda a, b: _read_parts(paths, dataset, offsets, a * per, b * per).reshape(
+                (b - a, *shape[1:])
             )
-            == shape
-        ):
-            offsets = np.cumsum([0] + [p.shape[0] for p in parts])
-            return lambda a, b: _read_parts(parts, offsets, a, b)
     elif source.mimetype == "multipart/related;type=application/x-npy" and len(paths) == shape[0]:
         first = np.load(paths[0], mmap_mode="r")
         if first.shape == shape[1:] and first.dtype == dtype:
@@ -97,12 +98,44 @@ def _direct_reader(node, shape: tuple, dtype: np.dtype) -> Callable[[int, int], 
     return None
 
 
-def _read_parts(parts, offsets, start: int, stop: int) -> np.ndarray:
+def _rows_per_row(n_file_rows: int, file_row: tuple, shape: tuple) -> int | None:
+    """File rows per node row when the node is the file's data regrouped (e.g. frame stacks).
+
+    >>> _rows_per_row(27, (64, 64), (9, 3, 64, 64))
+    3
+    >>> _rows_per_row(27, (64, 64), (4, 3, 64, 64)) is None
+    True
+    """
+    file_size, row_size = (
+        int(np.prod(file_row, dtype=np.int64)),
+        int(np.prod(shape[1:], dtype=np.int64)),
+    )
+    if (
+        file_size == 0
+        or row_size % file_size
+        or tuple(shape[len(shape) - len(file_row) :]) != file_row
+    ):
+        return None
+    per = row_size // file_size
+    return per if n_file_rows == per * shape[0] else None
+
+
+@contextmanager
+def _h5_dataset(path: Path, dataset: str):
+    """Open one HDF5 dataset briefly (never held open: tiled may open the same file)."""
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        yield f[dataset]
+
+
+def _read_parts(paths, dataset: str, offsets, start: int, stop: int) -> np.ndarray:
     pieces = []
-    for part, lo, hi in zip(parts, offsets[:-1], offsets[1:], strict=True):
+    for path, lo, hi in zip(paths, offsets[:-1], offsets[1:], strict=True):
         a, b = max(start, lo), min(stop, hi)
         if a < b:
-            pieces.append(np.asarray(part[a - lo : b - lo]))
+            with _h5_dataset(path, dataset) as ds:
+                pieces.append(np.asarray(ds[a - lo : b - lo]))
     return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
 
 
@@ -172,17 +205,19 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------- fast path
-def _stream_plan(run, stream_name: str, start_uid: str, *, direct: bool):
-    """Descriptors and lightweight event records of one stream, plus its array readers."""
+def _stream_plan(stream, stream_name: str, start_uid: str, *, direct: bool):
+    """Descriptors and lightweight event records of one stream, plus its array readers.
+
+    ``stream`` is the stream's plain container (``.base``); its children come in one request.
+    """
     from bluesky_tiled_plugins.exporters import build_descriptor_docs
 
-    stream = run[stream_name].base
     meta = plain(stream.metadata)
     descriptors = build_descriptor_docs(dict(meta), stream_name, run_start_uid=start_uid)
     data_keys = meta.get("data_keys", {})
-    parts = list(stream)
-    table = stream["internal"].read() if "internal" in parts else None
-    arrays = {k: _ArrayRows(stream[k], direct=direct) for k in parts if k != "internal"}
+    parts = dict(stream.items())
+    table = parts.pop("internal").read() if "internal" in parts else None
+    arrays = {k: _ArrayRows(node, direct=direct) for k, node in parts.items()}
     records: dict[int, dict] = {}
     if table is not None:
         keys = [
@@ -232,9 +267,11 @@ def documents_from_arrays(
     metadata = run.metadata
     start = plain(metadata["start"])
     streams, entries = {}, []
-    for name in run:
+    # One request lists the streams (in the server's order, as its JSON exporter uses), one per
+    # stream lists its parts with their data sources; then one table read per stream.
+    for name, stream in run.include_data_sources().base.items():
         data_keys, records, arrays, stream_entries = _stream_plan(
-            run, name, start["uid"], direct=direct
+            stream.base, name, start["uid"], direct=direct
         )
         streams[name] = (data_keys, records, arrays)
         entries.extend(stream_entries)
