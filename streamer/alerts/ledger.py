@@ -57,7 +57,8 @@ class AlertLedger:
     update_score_tolerance
         Relative score change that makes a re-published firing alert an update.
     on_enqueue
-        Called (under the lock, must not block) whenever the outbox gains a message.
+        Called (under the lock, must not block) when the outbox stops being empty, and when a
+        rate-limit summary may be due: the sender thread should then drain the outbox.
 
     Examples
     --------
@@ -90,6 +91,7 @@ class AlertLedger:
         self._outbox = Outbox(max_queue)
         self._counts: Counter[str] = Counter()
         self._last_warned: dict[str, float] = {}
+        self._last_payload = b""
         self.closed = False
 
     # ------------------------------------------------------------------ public, locking
@@ -188,7 +190,7 @@ class AlertLedger:
             self._recent_events.move_to_end(fp)
             while len(self._recent_events) > RECENT_EVENTS:
                 self._recent_events.popitem(last=False)
-        return loads(dumps(out))
+        return loads(self._last_payload)  # a copy the caller may change freely
 
     def _resolve(
         self, fingerprint: str, *, message: str | None = None, update: Mapping | None = None
@@ -206,7 +208,7 @@ class AlertLedger:
             return None
         del self._firing[fingerprint]
         self._counts["resolved"] += 1
-        return loads(dumps(out))
+        return loads(self._last_payload)  # a copy the caller may change freely
 
     def _enqueue(self, alert: dict[str, Any], *, revision: int) -> dict[str, Any] | None:
         now = time.time()
@@ -221,14 +223,17 @@ class AlertLedger:
         }
         topic = alert_topic(out["mode"], out["kind"]).encode()
         rank = severity_rank(out["severity"])
-        accepted, evicted = self._outbox.put((topic, dumps(out), out["seq"]), rank=rank)
+        payload = dumps(out)
+        accepted, evicted = self._outbox.put((topic, payload, out["seq"]), rank=rank)
         if not accepted or evicted is not None:
             self._counts["dropped_overload"] += 1
             self._warn_throttled("outbox full: %d alerts dropped so far", "dropped_overload")
         if not accepted:
             return None
         self._seq += 1
-        self._on_enqueue()
+        self._last_payload = payload
+        if len(self._outbox) == 1:  # the sender drains everything: wake it only when needed
+            self._on_enqueue()
         return out
 
     def _warn_throttled(self, message: str, counter: str, every: float = 5.0) -> None:

@@ -240,7 +240,7 @@ def make_alert(kind: str, **fields: Any) -> dict[str, Any]:
             f"is {alert['fingerprint']!r} but the identifying fields give {fingerprint!r}",
         )
     alert["fingerprint"] = fingerprint
-    validate_alert(alert, published=False)
+    _validate_identity(alert)
     return alert
 
 
@@ -307,7 +307,7 @@ def validate_alert(
     published
         Require the publisher-filled fields (``seq``, ``epoch``, ``time``...) too.
     check_message
-        Require a non-empty one-line ``message`` (off only inside :func:`make_alert`).
+        Check ``message`` and ``fingerprint`` (off only inside :func:`make_alert`).
 
     Examples
     --------
@@ -366,23 +366,26 @@ def validate_alert(
         _validate_particle(alert["particle"])
     elif alert["kind"] == "anomalous_particle":
         _check(False, "particle", "is required for kind 'anomalous_particle'")
-    fp = alert["fingerprint"]
-    if check_message or fp is not None:
-        _check(
-            isinstance(fp, str) and len(fp) == 16 and all(c in "0123456789abcdef" for c in fp),
-            "fingerprint",
-            f"must be 16 lowercase hex digits; got {fp!r}",
-        )
     if check_message:
-        msg = alert["message"]
-        _check(
-            isinstance(msg, str) and msg.strip() != "",
-            "message",
-            f"must be a non-empty string; got {msg!r}",
-        )
-        _check("\n" not in msg and "\r" not in msg, "message", "must be a single line")
-        _check(
-            len(msg) <= MAX_MESSAGE_CHARS,
-            "message",
-            f"must be at most {MAX_MESSAGE_CHARS} characters; got {len(msg)}",
-        )
+        _validate_identity(alert)
+
+
+def _validate_identity(alert: Mapping[str, Any]) -> None:
+    """Check the one-line ``message`` and the ``fingerprint``."""
+    msg, fp = alert["message"], alert["fingerprint"]
+    _check(
+        isinstance(msg, str) and msg.strip() != "",
+        "message",
+        f"must be a non-empty string; got {msg!r}",
+    )
+    _check("\n" not in msg and "\r" not in msg, "message", "must be a single line")
+    _check(
+        len(msg) <= MAX_MESSAGE_CHARS,
+        "message",
+        f"must be at most {MAX_MESSAGE_CHARS} characters; got {len(msg)}",
+    )
+    _check(
+        isinstance(fp, str) and len(fp) == 16 and all(c in "0123456789abcdef" for c in fp),
+        "fingerprint",
+        f"must be 16 lowercase hex digits; got {fp!r}",
+    )

@@ -76,7 +76,7 @@ class AlertSubscriber:
     events
         Recent notable events (dicts with ``"event"``: gap, restart, heartbeat_lost, ...).
     counts
-        Counters: received, shown, filtered, duplicates, gaps, missed, invalid, restarts...
+        Counters: received, shown, filtered, duplicates, gaps, missed, invalid, restarts, stale...
     """
 
     def __init__(
@@ -116,6 +116,7 @@ class AlertSubscriber:
         self._synced = False
         self._buffer: list[dict[str, Any]] = []
         self._ready: deque[dict[str, Any]] = deque()
+        self._retired_epochs: set[str] = set()
         self.epoch_: str | None = None
         self.publisher_: str | None = None
         self.last_seq_: int | None = None
@@ -134,8 +135,12 @@ class AlertSubscriber:
         while not self._ready:
             remaining = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
             if self._sub.poll(max(0, int(remaining * 1000)), zmq.POLLIN):
-                while self._sub.poll(0, zmq.POLLIN):
-                    self._on_message(self._sub.recv_multipart())
+                while not self._ready:  # hand the first alert out before reading the backlog
+                    try:
+                        frames = self._sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_message(frames)
             if self._monitor.check():
                 self._on_silence()
             if deadline is not None and time.monotonic() >= deadline and not self._ready:
@@ -170,12 +175,16 @@ class AlertSubscriber:
             message = loads(frames[1])
             if frames[0] == HEARTBEAT_TOPIC.encode():
                 validate_heartbeat(message)
-                self._on_heartbeat(message)
+                if message["epoch"] not in self._retired_epochs:
+                    self._on_heartbeat(message)
                 return
             validate_alert(message)
         except (ValueError, AlertValidationError) as err:
             self.counts["invalid"] += 1
             self._event("invalid", logging.WARNING, f"ignoring an invalid message: {err}")
+            return
+        if message["epoch"] in self._retired_epochs:  # late words of a publisher since restarted
+            self.counts["stale"] += 1
             return
         self._on_alert(message)
 
@@ -316,6 +325,7 @@ class AlertSubscriber:
             old_epoch=self.epoch_,
             new_epoch=epoch,
         )
+        self._retired_epochs.add(self.epoch_)
         self._synced = False
         self._buffer = []
         self.firing_ = {}

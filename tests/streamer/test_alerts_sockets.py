@@ -101,7 +101,8 @@ def test_subscriber_joining_during_a_burst_misses_nothing():
         with AlertSubscriber(pub.endpoint, heartbeat_timeout=5.0) as sub:
 
             def caught_up():
-                sub.recv(timeout=0.01)  # synchronises (snapshot) while the producers run
+                while sub.recv(timeout=0.01) is not None:  # syncs while the producers run
+                    pass
                 return len(finished) == 2 and sub.last_seq_ == pub.stats["seq"]
 
             wait_until(caught_up, what="subscriber to reach the last seq")
