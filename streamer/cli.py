@@ -1,7 +1,9 @@
 """The ``txm-streamer`` command: one entry point, one subcommand per job.
 
 The argument definitions live here, so ``txm-streamer --help`` stays fast and documents the whole
-contract in one place; each subcommand's work is imported only when it runs.
+contract in one place; each subcommand's work is imported only when it runs: ``demo`` from
+:mod:`sim.demo`, ``alerts`` from :mod:`streamer.alerts.console`, ``serve`` and ``replay`` from
+:mod:`callbacks` (they need bluesky, which the engine in :mod:`streamer` never imports).
 """
 
 from __future__ import annotations
@@ -26,15 +28,21 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run a simulated TXM-XANES survey through a real RunEngine, analysed live",
         description=(
-            "Simulate a survey of many fields of view (each one FXI-style XANES run), analyse it live "
+            "Simulate a survey of many fields of view (each one FXI-style XANES run), analyse it "
+            "live "
             "with the XanesAnalyzer subscribed to a real bluesky RunEngine, publish alerts over "
-            "ZeroMQ, and write DIR/alerts.jsonl, DIR/truth.json and DIR/report/. Ends with a table of "
+            "ZeroMQ, and write DIR/alerts.jsonl, DIR/truth.json and DIR/report/. Ends with a "
+            "table of "
             "planted versus found anomalies."
         ),
     )
     p.add_argument("--fovs", type=int, default=8, help="number of fields of view (default: 8)")
-    p.add_argument("--size", type=int, default=256, help="frame size in pixels, square (default: 256)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the simulated sample (default: 0)")
+    p.add_argument(
+        "--size", type=int, default=256, help="frame size in pixels, square (default: 256)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed of the simulated sample (default: 0)"
+    )
     p.add_argument("--out", default="demo-output", help="output directory (default: demo-output)")
     p.add_argument(
         "--endpoint",
@@ -50,8 +58,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default="xanes_scan2",
         help="FXI plan to simulate: flats per energy (xanes_scan2) or after the last energy",
     )
-    p.add_argument("--no-subscriber", action="store_true", help="do not start the subscriber process")
-    p.set_defaults(_run="streamer.demo:run")
+    p.add_argument(
+        "--no-subscriber", action="store_true", help="do not start the subscriber process"
+    )
+    p.add_argument(
+        "--no-archive", action="store_true", help="do not archive the runs into DIR/catalog"
+    )
+    p.set_defaults(_run="sim.demo:run")
 
 
 def _add_alerts(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +74,8 @@ def _add_alerts(sub: argparse._SubParsersAction) -> None:
         description=(
             "Subscribe to a txm-streamer alert publisher and print one line per alert, coloured by "
             "severity when the terminal allows. Late subscribers first receive the alerts that are "
-            "currently firing. Warns when heartbeats stop or a sequence gap or publisher restart is "
+            "currently firing. Warns when heartbeats stop or a sequence gap or publisher restart "
+            "is "
             "seen."
         ),
     )
@@ -106,7 +120,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="analyse live documents from another process (bluesky 0MQ proxy)",
         description=(
-            "Run the analyzer as its own service, fed by the RunEngine's documents through bluesky's "
+            "Run the analyzer as its own service, fed by the RunEngine's documents through "
+            "bluesky's "
             "0MQ proxy. On the RunEngine side publish with a JSON serializer (see README)."
         ),
     )
@@ -117,8 +132,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="txm-streamer-output", help="output directory")
     p.add_argument("--endpoint", default=DEFAULT_ALERT_ENDPOINT, help="alert endpoint")
-    p.add_argument("--checkpoint", default=None, help="campaign checkpoint file (resumed if present)")
-    p.set_defaults(_run="streamer.serve:run")
+    p.add_argument(
+        "--checkpoint", default=None, help="campaign checkpoint file (resumed if present)"
+    )
+    p.set_defaults(_run="callbacks.serve:run")
 
 
 def _add_replay(sub: argparse._SubParsersAction) -> None:
@@ -126,8 +143,10 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         "replay",
         help="replay archived runs from a catalog through the same analyzer",
         description=(
-            "Replay archived runs from a tiled/databroker catalog (a directory holding the embedded "
-            "SQLite catalog, or a tiled server URL) through the same callbacks as live. Alerts carry "
+            "Replay archived runs from a tiled/databroker catalog (a directory holding the "
+            "embedded "
+            "SQLite catalog, or a tiled server URL) through the same callbacks as live. Alerts "
+            "carry "
             "mode 'replay'."
         ),
     )
@@ -137,13 +156,15 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint", default=DEFAULT_ALERT_ENDPOINT, help="alert endpoint")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, help="run on a local dask cluster")
-    group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="dask scheduler address")
+    group.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="dask scheduler address"
+    )
     p.add_argument(
         "--documents",
         action="store_true",
         help="read through JSON documents() instead of the fast array path (slow; for checking)",
     )
-    p.set_defaults(_run="streamer.replay:run")
+    p.set_defaults(_run="callbacks.replay:run")
 
 
 def build_parser() -> argparse.ArgumentParser:

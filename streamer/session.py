@@ -96,6 +96,8 @@ class AnalysisSession:
         self.runs: deque[RunSummary] = deque(maxlen=keep_runs)
         self.keep_label_maps = keep_label_maps
         self.alerts: deque[dict] = deque(maxlen=10_000)
+        self.figures: dict[str, list[Path]] = {}  # run uid -> report figures (bounded below)
+        self.thumbnails: dict[str, tuple] = {}  # run uid -> (small edge-jump image, labels)
         self.sink_errors = 0
         self._lock = threading.Lock()
         self.on_run_end: list[Callable[[RunSummary, Evaluation | None, RunAnalysis], Any]] = []
@@ -193,6 +195,10 @@ class AnalysisSession:
             problems=summary.problems[:10],
         )
         self.runs.append(summary)
+        kept = {r.info.run_uid for r in self.runs}
+        for cache in (self.figures, self.thumbnails):
+            for uid in [u for u in cache if u not in kept and u != info.run_uid]:
+                del cache[uid]
         for hook in self.on_run_end:
             hook(summary, ev, analysis)
         if self.report and ev is not None:
@@ -209,17 +215,23 @@ class AnalysisSession:
         except Exception:
             log.exception("could not write the report of run %s", analysis.info.run_uid[:8])
 
+    def write_report(self, truth: list[dict] | None = None) -> Path | None:
+        """Write the campaign report (``out_dir/report/index.html``); return its path."""
+        if not self.report:
+            return None
+        from streamer.report_bridge import write_session_report
+
+        try:
+            return write_session_report(self.out_dir / "report", self, truth=truth)
+        except Exception:
+            log.exception("could not write the campaign report")
+            return None
+
     def close(self) -> None:
-        """Write the campaign report and the checkpoint."""
+        """Save the checkpoint and write the campaign report."""
         if self.checkpoint is not None:
             self.campaign.save(self.checkpoint)
-        if self.report:
-            from streamer.report_bridge import write_session_report
-
-            try:
-                write_session_report(self.out_dir / "report", self)
-            except Exception:
-                log.exception("could not write the campaign report")
+        self.write_report()
 
 
 def _jsonable_fields(obj: Any) -> dict[str, Any]:
