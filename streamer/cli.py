@@ -75,8 +75,11 @@ def _add_alerts(sub: argparse._SubParsersAction) -> None:
             "Subscribe to a txm-streamer alert publisher and print one line per alert, coloured by "
             "severity when the terminal allows. Late subscribers first receive the alerts that are "
             "currently firing. Warns when heartbeats stop or a sequence gap or publisher restart "
-            "is "
-            "seen."
+            "is seen."
+        ),
+        epilog=(
+            "Exit status: 0; 1 if --timeout expires before --count alerts arrived; 2 for bad "
+            "options; 130 after Ctrl-C. Colours follow the terminal and NO_COLOR."
         ),
     )
     p.add_argument(

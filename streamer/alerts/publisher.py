@@ -77,7 +77,9 @@ class AlertPublisher:
     allow_remote
         Allow binding a non-loopback address.
     context
-        ZeroMQ context (default: the process-wide instance).
+        ZeroMQ context. Default: a private one that :meth:`close` terminates, so queued messages
+        really get ``linger`` seconds to leave even if the process exits next. Pass a shared one
+        to publish on ``inproc://``.
 
     Examples
     --------
