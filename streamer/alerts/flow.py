@@ -16,17 +16,20 @@ def is_material_update(
 ) -> bool:
     """Whether ``new`` re-states a firing alert with a change worth sending (an *update*).
 
-    True when ``severity`` or ``provisional`` differ, or ``score`` moved by more than
-    ``tolerance`` relative to the last sent score (either way); everything else (``time``,
-    ``energy_index``, ``message``, attribute values) is re-evaluation noise.
+    True when ``severity``, ``provisional`` or ``extra`` (where callers put qualitative context,
+    such as a guessed anomaly kind) differ, or ``score`` moved by more than ``tolerance``
+    relative to the last sent score (either way). Everything else (``time``, ``energy_index``,
+    ``message``, attribute and population values) is re-evaluation noise.
 
-    >>> old = {"severity": "warning", "provisional": True, "score": 5.0}
+    >>> old = {"severity": "warning", "provisional": True, "score": 5.0, "extra": {}}
     >>> is_material_update(old, {**old, "score": 5.2}, tolerance=0.1)
     False
     >>> is_material_update(old, {**old, "provisional": False}, tolerance=0.1)
     True
+    >>> is_material_update(old, {**old, "extra": {"kind_guess": "reduced"}}, tolerance=0.1)
+    True
     """
-    if previous["severity"] != new["severity"] or previous["provisional"] != new["provisional"]:
+    if any(previous.get(k) != new.get(k) for k in ("severity", "provisional", "extra")):
         return True
     old, score = previous["score"], new["score"]
     if old is None or score is None:

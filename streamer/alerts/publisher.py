@@ -8,8 +8,9 @@ heartbeats.
 
 Deduplication, by :func:`~streamer.alerts.schema.compute_fingerprint`: a firing alert whose
 fingerprint is already firing is sent again (as an *update*: same fingerprint, ``revision`` + 1)
-only if it changed materially: its ``severity`` or ``provisional`` flag differ from the last sent
-version, or its ``score`` moved by more than ``update_score_tolerance`` (relative) either way.
+only if it changed materially: its ``severity``, ``provisional`` flag or ``extra`` object differ
+from the last sent version, or its ``score`` moved by more than ``update_score_tolerance``
+(relative) either way.
 Otherwise it is counted as ``deduplicated`` and :meth:`~AlertPublisher.publish` returns ``None``.
 ``scan_summary`` alerts are one-off events: never held as firing, deduplicated the same way
 against recent events. :meth:`~AlertPublisher.resolve` sends ``status="resolved"`` and forgets it.

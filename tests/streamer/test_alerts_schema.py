@@ -135,6 +135,8 @@ def test_update_rule_outbox_and_rate_limiter():
     assert is_material_update(old, {**old, "score": 6.0}, tolerance=0.1)
     assert is_material_update(old, {**old, "score": 4.0}, tolerance=0.1)
     assert is_material_update(old, {**old, "severity": "critical"}, tolerance=0.1)
+    assert is_material_update(old, {**old, "extra": {"kind_guess": "reduced"}}, tolerance=0.1)
+    assert not is_material_update(old, {**old, "message": "reworded"}, tolerance=0.1)
     box = Outbox(3)
     for name, rank in [("info", 1), ("debug", 0), ("warning", 2)]:
         assert box.put(name, rank=rank) == (True, None)
