@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -62,8 +63,10 @@ __all__ = ["ATTRIBUTE_NAMES", "AttributeResult", "compute_attributes"]
 
 logger = logging.getLogger(__name__)
 
-#: Default number of pixels per chunk (16384 x 106 float32 is 7 MB of input per chunk).
-DEFAULT_CHUNK = 16384
+#: Default number of pixels per chunk (4096 x 106 float32 is 1.7 MB per chunk).
+DEFAULT_CHUNK = 4096
+#: Padding (floats) of the per-thread chunk buffer rows.
+_PAD = 16
 
 _blas_controller = None
 
@@ -143,7 +146,8 @@ def _half_crossing(plan, mu, a, b, jump, cols):
     n = rows.shape[0]
     xh = plan.half_x
     g = rows - (b * xh[:, None] + (a + np.float32(0.5) * jump))
-    below = np.count_nonzero(g < 0, axis=0)
+    below = (g < 0).view(np.uint8).sum(axis=0, dtype=np.uint8 if n < 256 else np.int32)
+    below = below.astype(np.intp)
     i = np.clip(below, 1, n - 1)
     g0, g1 = _gather(g, i - 1, cols), _gather(g, i, cols)
     frac = np.clip(-g0 / (g1 - g0), 0, 1)
@@ -180,7 +184,8 @@ def _kernel(plan: AttributePlan, mu: np.ndarray, out: dict[str, np.ndarray], sl:
         m = mu.shape[1]
         cols = np.arange(m)
         lin = plan.lin_rows @ mu
-        finite = np.all(np.isfinite(lin), axis=0)
+        # the sum row weighs every energy: any NaN or inf in a spectrum makes it non-finite
+        finite = np.isfinite(lin[plan.sum_row])
         out["_finite"][sl] = finite
         hits = {}
         a, b = lin[0], lin[1]
@@ -291,13 +296,28 @@ def compute_attributes(
         )
     plan = plan_attributes(e, e0_ev=float(e0), windows=windows, references=references)
     out["_finite"] = np.zeros(n_pix, dtype=bool)
+    if not np.issubdtype(mu.dtype, np.floating):
+        mu = mu.astype(np.float32)
     bounds = [slice(s, min(s + chunk, n_pix)) for s in range(0, n_pix, chunk)]
+    local = threading.local()
+
+    def run(sl: slice) -> dict[str, int]:
+        # Copy the chunk into this thread's contiguous buffer; the padding keeps rows off
+        # power-of-two strides, which alias in the caches (a 2048 x 2048 cube has them).
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = np.empty((e.size, min(chunk, n_pix) + _PAD), dtype=np.float32)
+        view = buf[:, : sl.stop - sl.start]
+        np.copyto(view, mu[:, sl], casting="same_kind")
+        return _kernel(plan, view, out, sl)
+
     workers = min(n_threads, len(bounds))
-    if workers > 1:
-        with _blas_single_thread(), ThreadPoolExecutor(workers) as pool:
-            counts = list(pool.map(lambda sl: _kernel(plan, mu[:, sl], out, sl), bounds))
-    else:
-        counts = [_kernel(plan, mu[:, sl], out, sl) for sl in bounds]
+    with _blas_single_thread():
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                counts = list(pool.map(run, bounds))
+        else:
+            counts = [run(sl) for sl in bounds]
     at_edge = {k: sum(c.get(k, 0) for c in counts) for k in counts[0]} if counts else {}
     return _finish(plan, e, out, names, ref_names, planned_energies_ev, min_edge_jump, at_edge)
 
