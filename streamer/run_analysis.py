@@ -239,7 +239,8 @@ class RunAnalysis:
         valid = np.asarray(result.valid_pixels).reshape(shape)
         if self.cube.valid_ is not None:
             valid = valid & self.cube.valid_.reshape(shape)
-        labels = segment_particles(np.where(valid, maps["edge_jump"], np.nan))
+        # masked pixels hold no usable absorber: background for the segmentation
+        labels = segment_particles(np.where(valid, maps["edge_jump"], 0.0))
         if self._labels is not None:
             labels = match_labels(self._labels, labels)
         self._labels = labels
