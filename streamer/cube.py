@@ -64,7 +64,10 @@ import numpy as np
 
 from streamer.flatfield import (
     BlockScratch,
+    Flat,
+    FlatCache,
     mask_nonfinite_rows,
+    monitor_value,
     normalise_rows,
     resolve_method,
     robust_average,
@@ -82,21 +85,6 @@ class FrameShapeError(ValueError):
 
 class UnplannedEnergyError(ValueError):
     """A sample's energy is not within tolerance of any planned energy."""
-
-
-def _monitor(i0) -> float | None:
-    """A scalar I0 from a number or a per-exposure array (mean); None when not usable."""
-    if i0 is None:
-        return None
-    value = float(np.mean(np.asarray(i0, dtype=np.float64)))
-    return value if math.isfinite(value) and value > 0 else None
-
-
-@dataclass
-class _Flat:
-    energy: float | None
-    image: np.ndarray  # robust average, float32 (ny, nx), dark not subtracted
-    i0: float | None
 
 
 @dataclass
@@ -175,7 +163,7 @@ class SpectralCube:
         bright_percentile: float = 99.0,
         n_threads: int | None = None,
         drift_tracker: DriftTracker | None = None,
-        block_rows: int = 32,
+        block_rows: int = 64,
     ) -> None:
         resolve_method(stack_average, 3)
         self.register, self.i0_correction, self.expect_flats = register, i0_correction, expect_flats
@@ -198,11 +186,9 @@ class SpectralCube:
         self._measured = np.full(n, np.nan)
         self._shape: tuple[int, int] | None = None
         self._cube = self._valid = self._work = self._dark = None
-        self._flats: list[_Flat] = []
-        self._global_flat: _Flat | None = None
-        self._spare: list[np.ndarray] = []
+        self._flats: FlatCache | None = None
         self._pending: dict[float, _Pending] = {}
-        self._seen_energy_flat = self._finalized = self._warned_order = False
+        self._finalized = self._warned_order = False
         self._scratch: list[BlockScratch] = []
         self._executor: ThreadPoolExecutor | None = None
         self.n_received_ = 0
@@ -264,7 +250,7 @@ class SpectralCube:
             self.counters_["late_dark"] += done
             logger.warning("dark arrived after %d rows were normalised without it", done)
         if self._dark is None:
-            self._dark = self._take_buffer()
+            self._dark = np.empty(self._shape, np.float32)
         self._run(lambda sc, r0, r1: self._average_rows(stack, self._dark, sc, r0, r1))
 
     def add_flat(self, stack: np.ndarray, *, energy: float | None = None, i0=None) -> None:
@@ -273,26 +259,18 @@ class SpectralCube:
         Samples waiting for this flat are normalised now.
         """
         stack = self._check(stack)
-        flat = _Flat(None if energy is None else float(energy), self._take_buffer(), _monitor(i0))
+        flat = self._flats.new(energy, i0)
         if energy is None:
             targets = sorted(self._pending)
         else:
-            targets = [e for e in sorted(self._pending) if self._matches(e, flat.energy)]
+            targets = [e for e in sorted(self._pending) if self._flats.matches(flat, e)]
         if targets:
             self._normalise(targets[0], flat, flat_stack=stack)
             for e in targets[1:]:
                 self._normalise(e, flat)
         else:
             self._run(lambda sc, r0, r1: self._average_rows(stack, flat.image, sc, r0, r1))
-        if energy is None:
-            if self._global_flat is not None:
-                self._spare.append(self._global_flat.image)
-            self._global_flat = flat
-        else:
-            self._seen_energy_flat = True
-            self._flats.append(flat)
-            while len(self._flats) > self.max_cached_flats:
-                self._spare.append(self._flats.pop(0).image)
+        self._flats.keep(flat)
 
     def add_sample(self, stack: np.ndarray, *, energy: float, i0=None) -> int:
         """Add the sample stack measured at ``energy`` (eV); returns its row index.
@@ -309,16 +287,16 @@ class SpectralCube:
         row = self._row_of(key)
         self._measured[row] = float(energy)
         self.n_received_ += 1
-        pending = _Pending(float(energy), _monitor(i0))
-        flat = next((f for f in reversed(self._flats) if self._matches(key, f.energy)), None)
-        if flat is None and self._global_flat is not None and not self._seen_energy_flat:
-            flat = self._global_flat
+        pending = _Pending(float(energy), monitor_value(i0))
+        flat = self._flats.for_sample(key)
         if flat is not None:
             self._pending[key] = pending
             self._normalise(key, flat, sample_stack=stack)
         else:
             dst = self._cube[row].reshape(self._shape)
+            t0 = time.perf_counter()
             self._run(lambda sc, r0, r1: self._average_rows(stack, dst, sc, r0, r1))
+            self.timings_["average_normalise"] += time.perf_counter() - t0
             self._pending[key] = pending
             if not self.expect_flats:
                 self._normalise(key, None)
@@ -327,13 +305,12 @@ class SpectralCube:
     def finalize(self) -> SpectralCube:
         """Normalise leftovers (nearest flat, or raw absorbance), log the counters, stop threads."""
         for key in sorted(self._pending):
-            flats = self._flats or ([self._global_flat] if self._global_flat else [])
-            if flats:
-                flat = min(flats, key=lambda f: abs(f.energy - key) if f.energy else math.inf)
+            flat = self._flats.nearest(key) if self._flats is not None else None
+            if flat is not None:
                 self.counters_["nearest_flat"] += 1
                 logger.warning(
-                    "no flat arrived for %.2f eV: normalised with the flat of %s eV",
-                    key, "all energies" if flat.energy is None else f"{flat.energy:.2f}",
+                    "no flat arrived for %.2f eV: normalised with the flat %s", key,
+                    "for all energies" if flat.energy is None else f"of {flat.energy:.2f} eV",
                 )  # fmt: skip
                 self._normalise(key, flat)
             else:
@@ -360,6 +337,9 @@ class SpectralCube:
         # calloc: pages are committed only when a row is written
         self._cube = np.zeros((self._energies.size, npix), np.float32)
         self._valid = np.ones(npix, bool)
+        self._flats = FlatCache(
+            shape, max_flats=self.max_cached_flats, tolerance=self.energy_tolerance
+        )
         if self.register:
             self._work = np.empty(shape, np.float32)
 
@@ -376,9 +356,6 @@ class SpectralCube:
         elif stack.shape[1:] != self._shape:
             raise FrameShapeError(f"frame shape {stack.shape[1:]} differs from {self._shape}")
         return np.ascontiguousarray(stack)
-
-    def _take_buffer(self) -> np.ndarray:
-        return self._spare.pop() if self._spare else np.empty(self._shape, np.float32)
 
     def _run(self, work) -> None:
         """Run ``work(scratch, r0, r1)`` on horizontal bands, one per thread."""
@@ -401,9 +378,6 @@ class SpectralCube:
 
     def _average_rows(self, stack, out, sc, r0, r1) -> None:
         robust_average(stack, method=self.stack_average, out=out, rows=(r0, r1), scratch=sc)
-
-    def _matches(self, key: float, flat_energy: float | None) -> bool:
-        return flat_energy is not None and abs(flat_energy - key) <= self.energy_tolerance
 
     def _row_of(self, key: float) -> int:
         return int(np.searchsorted(self._energies[: self._n_rows], key))
@@ -452,7 +426,7 @@ class SpectralCube:
         self._shifts[pos], self._measured[pos] = 0.0, np.nan
         self._n_rows = n + 1
 
-    def _i0_offset(self, pending: _Pending, flat: _Flat | None) -> float:
+    def _i0_offset(self, pending: _Pending, flat: Flat | None) -> float:
         if not self.i0_correction or flat is None:
             return 0.0
         if pending.i0 is None or flat.i0 is None:
@@ -461,7 +435,7 @@ class SpectralCube:
             return 0.0
         return math.log(pending.i0 / flat.i0)
 
-    def _normalise(self, key: float, flat: _Flat | None, *, sample_stack=None, flat_stack=None):
+    def _normalise(self, key: float, flat: Flat | None, *, sample_stack=None, flat_stack=None):
         """Normalise, register and store the sample of row energy ``key``.
 
         The sample is ``sample_stack`` or else the raw average waiting in its row; the flat is

@@ -1,6 +1,7 @@
 """Flat-field kernels: robust averaging of exposure stacks and OD normalisation, block by block.
 
-Pure functions over numpy arrays used by :class:`streamer.cube.SpectralCube`. They work on bands
+Pure functions over numpy arrays used by :class:`streamer.cube.SpectralCube` (plus
+:class:`FlatCache`, the bounded set of averaged flats a run keeps). They work on bands
 of ``block_rows`` whole rows so that every intermediate stays in the CPU cache (a 2048x2048 frame
 streams through memory once instead of once per operation), write into caller-owned outputs
 (no allocation per frame), and take a ``rows=(r0, r1)`` range so the caller can give each thread
@@ -23,9 +24,19 @@ fill value while clearing the pixel's validity flag and counting it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["BlockScratch", "mask_nonfinite_rows", "normalise_rows", "robust_average"]
+__all__ = [
+    "BlockScratch",
+    "Flat",
+    "FlatCache",
+    "mask_nonfinite_rows",
+    "monitor_value",
+    "normalise_rows",
+    "robust_average",
+]
 
 METHODS = ("auto", "median", "trimmed_mean", "mean")
 
@@ -293,3 +304,87 @@ def mask_nonfinite_rows(
             image[b0:b1][m] = fill
             valid[b0:b1][m] = False
     return count
+
+
+def monitor_value(i0) -> float | None:
+    """A scalar I0 from a number or per-exposure values (their mean); None when not usable.
+
+    Examples
+    --------
+    >>> monitor_value([1.0, 3.0]), monitor_value(None), monitor_value(0.0)
+    (2.0, None, None)
+    """
+    if i0 is None:
+        return None
+    value = float(np.mean(np.asarray(i0, dtype=np.float64)))
+    return value if np.isfinite(value) and value > 0 else None
+
+
+@dataclass
+class Flat:
+    """An averaged flat field: ``energy`` None applies to every energy."""
+
+    energy: float | None
+    image: np.ndarray  # robust average, float32 (ny, nx), dark not subtracted
+    i0: float | None
+
+
+class FlatCache:
+    """The flats kept for later samples: the latest ``max_flats`` per-energy ones and one for all.
+
+    Frame buffers of evicted flats are recycled by :meth:`new`, so a long scan with a flat per
+    energy allocates ``max_flats + 1`` frames in all.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+    max_flats : int
+        Per-energy flats kept.
+    tolerance : float
+        Largest energy distance (eV) at which a flat belongs to a sample.
+    """
+
+    def __init__(self, shape: tuple[int, int], *, max_flats: int, tolerance: float) -> None:
+        self.shape, self.max_flats, self.tolerance = shape, int(max_flats), float(tolerance)
+        self.per_energy: list[Flat] = []
+        self.common: Flat | None = None
+        self.seen_per_energy = False
+        self._spare: list[np.ndarray] = []
+
+    def new(self, energy: float | None, i0) -> Flat:
+        """A flat record with a (recycled) frame buffer, not yet kept."""
+        image = self._spare.pop() if self._spare else np.empty(self.shape, np.float32)
+        return Flat(None if energy is None else float(energy), image, monitor_value(i0))
+
+    def keep(self, flat: Flat) -> None:
+        """Keep ``flat``, evicting the oldest per-energy flat beyond ``max_flats``."""
+        if flat.energy is None:
+            if self.common is not None:
+                self._spare.append(self.common.image)
+            self.common = flat
+            return
+        self.seen_per_energy = True
+        self.per_energy.append(flat)
+        while len(self.per_energy) > self.max_flats:
+            self._spare.append(self.per_energy.pop(0).image)
+
+    def matches(self, flat: Flat, energy: float) -> bool:
+        """Whether a per-energy ``flat`` belongs to a sample at ``energy``."""
+        return flat.energy is not None and abs(flat.energy - energy) <= self.tolerance
+
+    def for_sample(self, energy: float) -> Flat | None:
+        """The flat to normalise a sample at ``energy`` with now, or None to wait for one.
+
+        A kept flat of that energy; else the flat for all energies, unless per-energy flats have
+        been seen in this run (then the sample's own flat is expected to follow).
+        """
+        for flat in reversed(self.per_energy):
+            if self.matches(flat, energy):
+                return flat
+        return None if self.seen_per_energy else self.common
+
+    def nearest(self, energy: float) -> Flat | None:
+        """The kept per-energy flat nearest in energy, else the flat for all energies."""
+        if self.per_energy:
+            return min(self.per_energy, key=lambda f: abs(f.energy - energy))
+        return self.common
