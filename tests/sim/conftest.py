@@ -46,13 +46,13 @@ def run_survey(*, plan, external, tmp_path, n_fovs=3, eng=ENG_KEV, drift_px=1.0,
     return Run(txm, docs, frames, recorder, list(uids))
 
 
-@pytest.fixture(scope="module", params=["xanes_scan2", "xanes_scan"])
+@pytest.fixture(scope="session", params=["xanes_scan2", "xanes_scan"])
 def inline_survey(request, tmp_path_factory):
     return run_survey(
         plan=request.param, external=False, tmp_path=tmp_path_factory.mktemp("inline")
     )
 
 
-@pytest.fixture(scope="module", params=["xanes_scan2", "xanes_scan"])
+@pytest.fixture(scope="session", params=["xanes_scan2", "xanes_scan"])
 def external_survey(request, tmp_path_factory):
     return run_survey(plan=request.param, external=True, tmp_path=tmp_path_factory.mktemp("h5"))
