@@ -304,3 +304,23 @@ def test_segmentation_recovers_simulated_particles():
         planted += ious.size
         assert abs(int(labels.max()) - int(truth.max())) <= 1, f"seed {seed}"
     assert recovered / planted >= 0.95
+
+
+# --- on the seed study's real edge-jump maps ---------------------------------------------------
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("particle", [1, 2, 3])
+def test_real_edge_jump_maps(shared_data, particle):
+    """The authors masked the background to 0: our foreground must agree, without over-splitting."""
+    from scipy import io, ndimage
+
+    path = shared_data / "seed-licoo2-maps" / f"particle{particle}" / "edgejumpmap.mat"
+    image = np.asarray(io.loadmat(path)["edgejumpmap"], dtype=np.float64)
+    labels = segment_particles(image)
+    authors = image != 0
+    foreground = labels > 0
+    assert (foreground & authors).sum() / (foreground | authors).sum() > 0.95
+    components, _ = ndimage.label(authors, structure=np.ones((3, 3)))
+    n_components = int((np.bincount(components.ravel())[1:] >= 20).sum())
+    assert n_components <= labels.max() <= 2 * n_components
