@@ -56,6 +56,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -189,7 +190,8 @@ class SpectralCube:
         self._flats: FlatCache | None = None
         self._pending: dict[float, _Pending] = {}
         self._finalized = self._warned_order = False
-        self._scratch: list[BlockScratch] = []
+        self._scratch: queue.SimpleQueue[BlockScratch] = queue.SimpleQueue()
+        self._n_scratch = 0
         self._executor: ThreadPoolExecutor | None = None
         self.n_received_ = 0
         self.counters_ = dict.fromkeys(
@@ -328,6 +330,12 @@ class SpectralCube:
             self._executor.shutdown(wait=True)
             self._executor = None
 
+    def __enter__(self) -> SpectralCube:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # --------------------------------------------------------------- internals
     def _allocate(self, shape: tuple[int, int]) -> None:
         if len(shape) != 2 or min(shape) < 1:
@@ -358,23 +366,38 @@ class SpectralCube:
         return np.ascontiguousarray(stack)
 
     def _run(self, work) -> None:
-        """Run ``work(scratch, r0, r1)`` on horizontal bands, one per thread."""
+        """Run ``work(scratch, r0, r1)`` over horizontal bands of the frame on the threads.
+
+        Four bands per thread, taken by whichever thread is free: on a busy machine a thread
+        that loses its core does not hold the frame up for long.
+        """
         ny, nx = self._shape
-        n = max(1, min(self.n_threads, ny // self.block_rows))
-        while len(self._scratch) < n:
-            self._scratch.append(BlockScratch(self.block_rows, nx))
-        bounds = [ny * i // n for i in range(n + 1)]
-        if n == 1:
-            work(self._scratch[0], 0, ny)
+        n_blocks = -(-ny // self.block_rows)
+        n_threads = max(1, min(self.n_threads, n_blocks))
+        while self._scratch.qsize() < n_threads and self._n_scratch < n_threads:
+            self._scratch.put(BlockScratch(self.block_rows, nx))
+            self._n_scratch += 1
+        if n_threads == 1:
+            sc = self._scratch.get()
+            try:
+                work(sc, 0, ny)
+            finally:
+                self._scratch.put(sc)
             return
+        n_bands = min(n_blocks, 4 * n_threads)
+        bounds = [min(ny, (n_blocks * i // n_bands) * self.block_rows) for i in range(n_bands + 1)]
+
+        def band(i):
+            sc = self._scratch.get()
+            try:
+                work(sc, bounds[i], bounds[i + 1])
+            finally:
+                self._scratch.put(sc)
+
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(n, thread_name_prefix="spectral-cube")
-        futures = [
-            self._executor.submit(work, self._scratch[i], bounds[i], bounds[i + 1])
-            for i in range(n)
-        ]
-        for f in futures:
-            f.result()
+            self._executor = ThreadPoolExecutor(n_threads, thread_name_prefix="spectral-cube")
+        for future in [self._executor.submit(band, i) for i in range(n_bands)]:
+            future.result()
 
     def _average_rows(self, stack, out, sc, r0, r1) -> None:
         robust_average(stack, method=self.stack_average, out=out, rows=(r0, r1), scratch=sc)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamer.cube import FrameShapeError, SpectralCube, UnplannedEnergyError
-from streamer.flatfield import robust_average
+from streamer.flatfield import FlatCache, robust_average
 
 SHAPE = (64, 64)
 ENERGIES = np.array([7700.0, 7710.0, 7720.0, 7730.0])
@@ -322,3 +322,44 @@ def test_invalid_options():
         SpectralCube(energies=[])
     with pytest.raises(IndexError):
         SpectralCube(frame_shape=SHAPE).image(0)
+
+
+def test_flat_cache_is_bounded_and_recycles_buffers():
+    cache = FlatCache((4, 4), max_flats=2, tolerance=0.5)
+    buffers = set()
+    for e in (7700.0, 7701.0, 7702.0, 7703.0):
+        flat = cache.new(e, i0=[2.0, 4.0])
+        assert flat.i0 == 3.0
+        buffers.add(id(flat.image))
+        cache.keep(flat)
+    assert [f.energy for f in cache.per_energy] == [7702.0, 7703.0]
+    assert len(buffers) == 3  # two kept plus one in flight, then recycled
+    assert cache.for_sample(7702.2).energy == 7702.0 and cache.for_sample(7710.0) is None
+    assert cache.nearest(7710.0).energy == 7703.0
+    common = FlatCache((4, 4), max_flats=2, tolerance=0.5)
+    common.keep(common.new(None, None))
+    assert common.for_sample(7000.0) is common.common and common.nearest(1.0) is common.common
+
+
+def test_memory_overhead_does_not_grow_with_pending_samples():
+    """xanes_scan order keeps every raw sample in its own row: no buffer per pending sample."""
+    import tracemalloc
+
+    dark, frames = _frames(noise=False)
+
+    def overhead(n):
+        energies = 7700.0 + np.arange(float(n))
+        tracemalloc.start()
+        cube = SpectralCube(frame_shape=SHAPE, energies=energies, n_threads=1)
+        cube.add_dark(dark)
+        for e in energies:
+            cube.add_sample(frames[0][0], energy=e)
+        for e in energies:
+            cube.add_flat(frames[0][1], energy=e)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert cube.ready_.all()
+        return peak - cube.od_.nbytes
+
+    frame = SHAPE[0] * SHAPE[1] * 4
+    assert overhead(24) - overhead(4) < 2 * frame
