@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from streamer import report_campaign_figures as rcf
 from streamer import report_figures as rf
 from streamer.report_html import alert_line, cell_text, render_index
 
@@ -302,14 +303,16 @@ def write_campaign_report(
         label = str(
             next(f for f in fovs if f.get("image") is not None).get("image_label", "edge jump (OD)")
         )
-        fig = rf.mosaic_figure(
+        fig = rcf.mosaic_figure(
             tiles, title="fields of view, flagged particles outlined", colourbar_label=label
         )
         figures.append(_save(fig, out / "campaign_mosaic.png"))
     if rows:
-        fig = rf.particle_scatter_figure(rows, title=f"per-particle medians, {len(rows)} particles")
+        fig = rcf.particle_scatter_figure(
+            rows, title=f"per-particle medians, {len(rows)} particles"
+        )
         figures.append(_save(fig, out / "campaign_particles.png"))
-        fig = rf.particle_histograms_figure(rows, title="per-particle medians")
+        fig = rcf.particle_histograms_figure(rows, title="per-particle medians")
         figures.append(_save(fig, out / "campaign_histograms.png"))
         _write_csv(out / "particles.csv", rows)
     summary = _summary_text(title, fovs, rows, alerts, truth)

@@ -1,4 +1,4 @@
-"""Matplotlib figures for the logbook report: attribute maps, clusters, anomalies, spectra.
+"""Matplotlib figures of one field of view: attribute maps, clusters, anomalies, spectra.
 
 Every function here is pure over numpy arrays and returns a :class:`matplotlib.figure.Figure`
 built without :mod:`matplotlib.pyplot`, so no GUI backend, no global figure registry and nothing
@@ -9,14 +9,14 @@ Energies are in eV.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+from matplotlib.ticker import FormatStrFormatter
 from skimage.segmentation import find_boundaries
 
 __all__ = [
@@ -24,9 +24,9 @@ __all__ = [
     "FLAG_COLOUR",
     "attribute_map_figure",
     "cluster_map_figure",
-    "mosaic_figure",
-    "particle_histograms_figure",
-    "particle_scatter_figure",
+    "colour_map_with_bad",
+    "outline_particles",
+    "robust_limits",
     "spectra_figure",
 ]
 
@@ -34,7 +34,7 @@ __all__ = [
 CLUSTER_COLOURS: tuple = tuple(colormaps["tab10"].colors)
 FLAG_COLOUR = "#e8000b"
 _BAD_COLOUR = "#d9d9d9"  # NaN pixels: background, masked
-_DPI = 100
+DPI = 100
 
 
 def cluster_colour(cluster: int) -> str:
@@ -42,7 +42,7 @@ def cluster_colour(cluster: int) -> str:
     return CLUSTER_COLOURS[int(cluster) % len(CLUSTER_COLOURS)]
 
 
-def _robust_limits(values: np.ndarray, where: np.ndarray | None = None) -> tuple[float, float]:
+def robust_limits(values: np.ndarray, where: np.ndarray | None = None) -> tuple[float, float]:
     """1st-99th percentile of the finite values (inside ``where`` when it has any)."""
     finite = np.isfinite(values)
     if where is not None and (finite & where).any():
@@ -77,7 +77,7 @@ def _frame_axes(ax, shape: tuple[int, int], pixel_size_um: float | None) -> None
         )
 
 
-def _outline_particles(ax, labels: np.ndarray | None, flagged: Mapping[int, str]) -> None:
+def outline_particles(ax, labels: np.ndarray | None, flagged: Mapping[int, str]) -> None:
     """Thin grey outlines of all particles; red outlines and id labels for the flagged ones."""
     if labels is None or not labels.any():
         return
@@ -140,14 +140,14 @@ def attribute_map_figure(
     """
     image = np.asarray(image, dtype=np.float32)
     if limits is None:
-        limits = _robust_limits(image, None if labels is None else labels > 0)
+        limits = robust_limits(image, None if labels is None else labels > 0)
     fig, ax, bar_ax = _map_canvas()
-    palette = _with_bad(cmap)
+    palette = colour_map_with_bad(cmap)
     shown = ax.imshow(image, cmap=palette, vmin=limits[0], vmax=limits[1], interpolation="nearest")
     bar = fig.colorbar(shown, cax=bar_ax)
     bar.set_label(colourbar_label)
     bar.ax.yaxis.set_major_formatter(FormatStrFormatter(f"%.{decimals}f"))
-    _outline_particles(ax, labels, flagged or {})
+    outline_particles(ax, labels, flagged or {})
     _frame_axes(ax, image.shape, pixel_size_um)
     ax.set_title(title, fontsize=10)
     return fig
@@ -155,13 +155,13 @@ def attribute_map_figure(
 
 def _map_canvas():
     """Figure, image axes and colour-bar axes at fixed positions (no layout engine: fast)."""
-    fig = Figure(figsize=(6.0, 5.0), dpi=_DPI)
+    fig = Figure(figsize=(6.0, 5.0), dpi=DPI)
     ax = fig.add_axes((0.1, 0.1, 0.7, 0.82))
     bar_ax = fig.add_axes((0.83, 0.14, 0.03, 0.74))
     return fig, ax, bar_ax
 
 
-def _with_bad(cmap: str):
+def colour_map_with_bad(cmap: str):
     """The named colour map with NaN drawn light grey."""
     palette = colormaps[cmap].with_extremes(bad=_BAD_COLOUR)
     return palette
@@ -183,7 +183,7 @@ def cluster_map_figure(
         bad=_BAD_COLOUR
     )
     shown = np.where(np.isfinite(clusters) & (clusters >= 0), clusters, np.nan)
-    fig = Figure(figsize=(6.0, 5.0), dpi=_DPI)
+    fig = Figure(figsize=(6.0, 5.0), dpi=DPI)
     ax = fig.add_axes((0.11, 0.1, 0.84, 0.82))
     norm = BoundaryNorm(np.arange(n_colours + 1) - 0.5, n_colours)
     ax.imshow(shown, cmap=palette, norm=norm, interpolation="nearest")
@@ -193,7 +193,7 @@ def cluster_map_figure(
     ]
     if handles:
         ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.8)
-    _outline_particles(ax, labels, flagged or {})
+    outline_particles(ax, labels, flagged or {})
     _frame_axes(ax, clusters.shape, pixel_size_um)
     ax.set_title(title, fontsize=10)
     return fig
@@ -213,7 +213,7 @@ def spectra_figure(
     the average cluster spectrum).
     """
     energies = np.asarray(energies_ev, dtype=np.float64)
-    fig = Figure(figsize=(10.0, 4.2), dpi=_DPI)
+    fig = Figure(figsize=(10.0, 4.2), dpi=DPI)
     axes = fig.subplots(1, 2)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.86, wspace=0.22)
     flagged_text = flagged_text or {}
@@ -259,164 +259,4 @@ def spectra_figure(
     if cluster_spectra or flagged_spectra:
         axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
-    return fig
-
-
-def mosaic_figure(
-    tiles: Sequence[Mapping],
-    *,
-    title: str,
-    colourbar_label: str,
-    cmap: str = "viridis",
-) -> Figure:
-    """Thumbnails of many fields of view with their flagged particles outlined and labelled.
-
-    Parameters
-    ----------
-    tiles : sequence of mapping
-        Each with ``image`` (ny, nx), ``name`` (str), and optionally ``labels`` and ``flagged``
-        (mapping of particle id to text). All tiles share one colour range.
-    """
-    n = len(tiles)
-    ncols = int(np.ceil(np.sqrt(n))) if n else 1
-    nrows = int(np.ceil(n / ncols)) if n else 1
-    fig = Figure(figsize=(3.0 * ncols + 1.2, 3.0 * nrows + 0.6), dpi=_DPI)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    fig.subplots_adjust(
-        left=0.02,
-        right=0.86,
-        bottom=0.02,
-        top=1 - 0.6 / (3.0 * nrows + 0.6),
-        wspace=0.06,
-        hspace=0.12,
-    )
-    images = [np.asarray(t["image"], dtype=np.float32) for t in tiles]
-    values = np.concatenate([im[np.isfinite(im)].ravel() for im in images] or [np.zeros(1)])
-    low, high = _robust_limits(values)
-    palette = _with_bad(cmap)
-    shown = None
-    for ax, tile, image in zip(axes, tiles, images, strict=False):
-        shown = ax.imshow(image, cmap=palette, vmin=low, vmax=high, interpolation="nearest")
-        labels = tile.get("labels")
-        _outline_particles(
-            ax, None if labels is None else np.asarray(labels), tile.get("flagged") or {}
-        )
-        ax.set_title(str(tile["name"]), fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in axes[n:]:
-        ax.set_axis_off()
-    if shown is not None:
-        bar = fig.colorbar(shown, cax=fig.add_axes((0.89, 0.15, 0.025, 0.7)))
-        bar.set_label(colourbar_label)
-    fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def _particle_values(particles: Sequence[Mapping], key: str) -> np.ndarray:
-    return np.array([np.nan if p.get(key) is None else float(p[key]) for p in particles])
-
-
-def particle_scatter_figure(
-    particles: Sequence[Mapping],
-    *,
-    title: str,
-    pairs: Sequence[tuple[str, str, str, str]] = (
-        (
-            "e0_half_median",
-            "white_line_height_median",
-            "E0 at half jump (eV)",
-            "white-line height (edge steps)",
-        ),
-        (
-            "e0_half_median",
-            "white_line_energy_median",
-            "E0 at half jump (eV)",
-            "white-line energy (eV)",
-        ),
-    ),
-) -> Figure:
-    """Scatter plots of per-particle medians, flagged particles in red and named.
-
-    ``particles`` are particle-table rows with ``flagged`` (bool) and ``name`` (text written
-    next to flagged points) when known. Pairs whose columns are absent are skipped.
-    """
-    usable = [p for p in pairs if any(p[0] in row and p[1] in row for row in particles)]
-    fig = Figure(figsize=(5.0 * max(len(usable), 1), 4.4), dpi=_DPI)
-    axes = np.atleast_1d(fig.subplots(1, max(len(usable), 1), squeeze=False)).ravel()
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.9, wspace=0.25)
-    flagged = np.array([bool(p.get("flagged")) for p in particles], dtype=bool)
-    for ax, (xkey, ykey, xlabel, ylabel) in zip(axes, usable, strict=False):
-        x, y = _particle_values(particles, xkey), _particle_values(particles, ykey)
-        ax.scatter(
-            x[~flagged],
-            y[~flagged],
-            s=16,
-            c="#4c72b0",
-            alpha=0.7,
-            label=f"particles ({int((~flagged).sum())})",
-        )
-        ax.scatter(
-            x[flagged],
-            y[flagged],
-            s=40,
-            c=FLAG_COLOUR,
-            marker="D",
-            label=f"flagged ({int(flagged.sum())})",
-        )
-        for i in np.flatnonzero(flagged):
-            if np.isfinite(x[i]) and np.isfinite(y[i]):
-                ax.annotate(
-                    str(particles[i].get("name", particles[i].get("id", ""))),
-                    (x[i], y[i]),
-                    xytext=(4, 4),
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=FLAG_COLOUR,
-                )
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(6))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if not usable:
-        axes[0].text(0.5, 0.5, "no particle attributes", ha="center", va="center")
-        axes[0].set_axis_off()
-    fig.suptitle(title, fontsize=10)
-    return fig
-
-
-def particle_histograms_figure(
-    particles: Sequence[Mapping],
-    *,
-    title: str,
-    columns: Sequence[tuple[str, str]] = (
-        ("e0_half_median", "E0 at half jump (eV)"),
-        ("white_line_energy_median", "white-line energy (eV)"),
-        ("white_line_height_median", "white-line height (edge steps)"),
-        ("score", "anomaly score"),
-    ),
-) -> Figure:
-    """Histograms of per-particle values, with the flagged particles marked as red ticks."""
-    usable = [c for c in columns if any(row.get(c[0]) is not None for row in particles)]
-    n = max(len(usable), 1)
-    fig = Figure(figsize=(3.4 * n, 3.2), dpi=_DPI)
-    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.17, top=0.88, wspace=0.3)
-    flagged = np.array([bool(p.get("flagged")) for p in particles], dtype=bool)
-    for ax, (key, label) in zip(axes, usable, strict=False):
-        values = _particle_values(particles, key)
-        finite = np.isfinite(values)
-        ax.hist(values[finite], bins=min(30, max(5, finite.sum() // 3)), color="#4c72b0", alpha=0.8)
-        for v in values[finite & flagged]:
-            ax.axvline(v, color=FLAG_COLOUR, lw=1.2)
-        ax.set_xlabel(label)
-        ax.set_ylabel("particles")
-        ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    if not usable:
-        axes[0].text(0.5, 0.5, "no particle attributes", ha="center", va="center")
-        axes[0].set_axis_off()
-    fig.suptitle(title + "  (red: flagged)", fontsize=10)
     return fig

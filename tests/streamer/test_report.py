@@ -228,3 +228,16 @@ def test_empty_campaign_still_writes_a_page(tmp_path):
     assert "<b>0</b> fields of view" in page
     assert not list(tmp_path.glob("*.png"))
     assert (tmp_path / "summary.txt").read_text(encoding="utf-8").count("none") >= 2
+
+
+def test_mosaic_reduces_large_fields_and_checks_label_shapes(tmp_path):
+    labels = np.zeros((600, 520), dtype=np.int32)
+    labels[100:300, 100:260] = 1
+    image = np.where(labels > 0, 0.4, 0.0).astype(np.float32)
+    fov = {"fov_id": "big", "image": image, "labels": labels, "flagged": [1]}
+    write_campaign_report(tmp_path, fovs=[fov], particles=[], alerts=[])
+    assert_valid_png(tmp_path / "campaign_mosaic.png")
+    with pytest.raises(ValueError, match="do not match"):
+        write_campaign_report(
+            tmp_path, fovs=[{**fov, "labels": labels[:10]}], particles=[], alerts=[]
+        )
