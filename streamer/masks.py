@@ -56,15 +56,16 @@ _FLOOR_FRACTION = 0.02
 _ENERGY_ATTRIBUTES = ("e0_half", "e0_deriv", "white_line_energy")
 
 
-def finite_image_2d(image: np.ndarray, *, name: str) -> np.ndarray:
+def require_image_2d(image: np.ndarray, *, name: str) -> np.ndarray:
+    """``image`` as an array, or a ValueError naming it when it is not 2D."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"{name} must be a 2D image (ny, nx), got shape {image.shape}")
     return image
 
 
-#: Immerkaer's noise-estimation kernel: it cancels constant, linear and (separable) quadratic
-#: signal and turns white noise of sigma ``s`` into noise of sigma ``6 s``.
+#: Immerkaer's noise-estimation kernel (the product of two second differences): it cancels any
+#: quadratic signal and turns white noise of sigma ``s`` into noise of sigma ``6 s``.
 _NOISE_KERNEL = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
 
 
@@ -206,15 +207,25 @@ def thickness_mask(
     Returns
     -------
     ndarray of bool, shape (ny, nx)
+        Empty (with a warning) when the image has no contrast to threshold automatically.
     """
-    image = finite_image_2d(edge_jump_image, name="edge_jump_image").astype(np.float64)
+    image = require_image_2d(edge_jump_image, name="edge_jump_image").astype(np.float64)
     finite = np.isfinite(image)
-    if not finite.any():
-        logger.warning("edge-jump image has no finite pixel; the thickness mask is empty")
+    values = image[finite]
+    if threshold is None and (values.size < 2 or values.min() == values.max()):
+        logger.warning(
+            "edge-jump image has no contrast (%d finite pixels, all equal): the thickness mask "
+            "is empty",
+            values.size,
+        )
         return np.zeros(image.shape, dtype=bool)
     noise_sigma = None
     if threshold is None and method == "noise":
-        noise_sigma = estimate_noise_sigma(image)
+        try:
+            noise_sigma = estimate_noise_sigma(image)
+        except ValueError as err:
+            logger.warning("%s: thresholding the edge jump by Otsu's method", err)
+            method = "otsu"
     if median_size_px > 1:
         # -inf ranks below every value, so an isolated NaN pixel takes its neighbours' median.
         image = ndimage.median_filter(np.where(finite, image, -np.inf), size=int(median_size_px))

@@ -40,8 +40,8 @@ from skimage.segmentation import watershed
 from streamer.masks import (
     DEFAULT_RANGES,
     edge_jump_threshold,
-    finite_image_2d,
     odd_value_mask,
+    require_image_2d,
     thickness_mask,
 )
 
@@ -125,7 +125,7 @@ def segment_particles(
     ndarray of int32, shape (ny, nx)
         Particle labels ``1..n`` (0 = background), numbered in raster order of their first pixel.
     """
-    image = finite_image_2d(edge_jump_image, name="edge_jump_image")
+    image = require_image_2d(edge_jump_image, name="edge_jump_image")
     if mask is None:
         mask = thickness_mask(
             image, threshold=threshold, n_sigma=n_sigma, median_size_px=median_size_px

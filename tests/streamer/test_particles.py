@@ -105,10 +105,21 @@ def test_noise_estimate_ignores_particles_and_masked_pixels(noise):
     assert estimate_noise_sigma(image) == pytest.approx(noise, rel=0.15)
 
 
-def test_thickness_mask_of_all_nan_is_empty(caplog):
-    mask = thickness_mask(np.full((16, 16), np.nan))
+@pytest.mark.parametrize("value", [np.nan, 0.0])
+def test_thickness_mask_without_contrast_is_empty(caplog, value):
+    mask = thickness_mask(np.full((16, 16), value))
     assert mask.shape == (16, 16) and not mask.any()
-    assert "no finite pixel" in caplog.text
+    assert "no contrast" in caplog.text
+    assert segment_particles(np.full((16, 16), value)).max() == 0
+
+
+def test_threshold_falls_back_to_otsu_when_noise_cannot_be_measured(caplog):
+    image = np.full((32, 32), np.nan)
+    image[::2, ::2] = 0.0  # no pixel has a complete 3x3 neighbourhood
+    image[8:24:2, 8:24:2] = 1.0
+    mask = thickness_mask(image, median_size_px=1)
+    assert mask.sum() == 64
+    assert "Otsu" in caplog.text
 
 
 def test_thickness_mask_rejects_non_image():
