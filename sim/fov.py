@@ -71,8 +71,10 @@ class ParticleTruth:
     #: Planted recipe: e0 shift toward reduced (eV, >= 0) and white-line excess (edge steps).
     reduction_shift_ev: float = 0.0
     wl_height_excess: float = 0.0
-    #: Observable attributes of the noiseless spectrum at the median recipe of the abnormal
-    #: pixels (of the whole particle when normal).
+    #: Planted model parameters (``e0``, ``wl_energy``, ``wl_height``, ``soc``) at the median
+    #: recipe of the abnormal pixels (of the whole particle when normal).
+    planted: dict[str, float] = field(default_factory=dict)
+    #: Observable attributes of the noiseless spectrum at that same median recipe.
     observed: dict[str, float] = field(default_factory=dict)
     #: Same for the particle's normal pixels (empty when the whole particle is abnormal).
     observed_normal: dict[str, float] = field(default_factory=dict)
@@ -171,6 +173,11 @@ class FieldOfView:
     def wl_height_map(self) -> np.ndarray:
         """Observable white-line height (normalised mu) per pixel, NaN outside particles."""
         return self._observed["white_line_height"]
+
+    def particle_mask(self, particle_id: int, *, anomalous_only: bool = False) -> np.ndarray:
+        """Boolean image of particle ``particle_id`` (only its abnormal pixels if asked)."""
+        mask = self.labels == particle_id
+        return mask & self.anomalous_mask if anomalous_only else mask
 
     def param_map(self, name: str) -> np.ndarray:
         """Planted model parameter ``name`` (e.g. ``"e0"``) as an image, NaN outside particles."""

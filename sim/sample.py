@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from sim import geometry
-from sim.fov import FieldOfView, ParticleTruth, features_of
+from sim.fov import FieldOfView, ParticleTruth, features_of, recipe_params
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -220,13 +220,19 @@ def _particle_truth(pid, spec, labels, thickness, soc, reduction, wl_excess, ano
     rr, cc = np.nonzero(inside)
     abn = inside & anomalous
 
+    def median_recipe(sel):
+        return [np.median(soc[sel])], [np.median(reduction[sel])], [np.median(wl_excess[sel])]
+
     def observed(sel):
         if not sel.any():
             return {}
-        feats = features_of(
-            [np.median(soc[sel])], [np.median(reduction[sel])], [np.median(wl_excess[sel])]
-        )
-        return {k: float(v[0]) for k, v in feats.items()}
+        return {k: float(v[0]) for k, v in features_of(*median_recipe(sel)).items()}
+
+    def planted(sel):
+        recipe = median_recipe(sel)
+        params = recipe_params(*recipe)
+        out = {k: float(params[k][0]) for k in ("e0", "wl_energy", "wl_height")}
+        return {**out, "soc": float(recipe[0][0])}
 
     return ParticleTruth(
         id=pid,
@@ -241,6 +247,7 @@ def _particle_truth(pid, spec, labels, thickness, soc, reduction, wl_excess, ano
         mean_soc=float(soc[inside].mean()),
         reduction_shift_ev=float(reduction[abn].max()) if abn.any() else 0.0,
         wl_height_excess=float(wl_excess[abn].max()) if abn.any() else 0.0,
+        planted=planted(abn if spec else inside),
         observed=observed(abn if spec else inside),
         observed_normal=observed(inside & ~anomalous),
     )

@@ -67,6 +67,8 @@ def test_planted_anomalies(fov):
         if p.kind == "normal":
             assert p.anomalous_area_px == 0
             continue
+        assert fov.particle_mask(p.id, anomalous_only=True).sum() == p.anomalous_area_px
+        assert set(p.planted) == {"e0", "wl_energy", "wl_height", "soc"}
         inside = fov.anomalous_mask[fov.labels == p.id]
         if p.partial:
             assert 0.15 < inside.mean() < 0.6
