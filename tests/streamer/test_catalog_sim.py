@@ -62,20 +62,37 @@ def _replayed(docs):
     return sequence, frames
 
 
-def _archive(tmp_path, plan, *, external, handlers):
-    data_dir = tmp_path / "frames"
-    txm = SimulatedTXM(frame_shape=(64, 64), external=external, data_dir=data_dir, seed=3)
-    client = open_catalog(tmp_path / "catalog", readable_storage=[data_dir])
-    archiver = Archiver(client, handler_registry=handlers)
-    acquired = Acquired()
+@pytest.fixture(scope="module")
+def archived(tmp_path_factory):
+    """Simulated runs archived at once into two catalogs: external frames filled (``filled``)
+    and external frames referenced (``referenced``); live frames recorded per run."""
+    root = tmp_path_factory.mktemp("sim-catalog")
+    data_dir = root / "frames"
+    filled = open_catalog(root / "filled", readable_storage=[data_dir])
+    referenced = open_catalog(root / "referenced", readable_storage=[data_dir])
+    archivers = [Archiver(filled, handler_registry=HANDLER_REGISTRY), Archiver(referenced)]
     RE = RunEngine()
-    RE.subscribe(archiver)
-    RE.subscribe(acquired)
-    (uid,) = RE(plan(txm))
-    assert archiver.close(timeout=120)
-    assert archiver.stats.total_errors == 0 and archiver.stats.total_dropped == 0
-    acquired.close()
-    return client, uid, acquired
+    for archiver in archivers:
+        RE.subscribe(archiver)
+    runs = {}
+    for name, external, plan in [
+        ("inline", False, _scan),
+        ("external", True, _scan),
+        ("one-stream", True, lambda txm: count([txm.Andor, txm.ic3], 3)),
+    ]:
+        txm = SimulatedTXM(frame_shape=(64, 64), external=external, data_dir=data_dir, seed=3)
+        acquired = Acquired()
+        token = RE.subscribe(acquired)
+        (uid,) = RE(plan(txm))
+        RE.unsubscribe(token)
+        acquired.close()
+        runs[name] = (uid, acquired)
+    for archiver in archivers:
+        assert archiver.close(timeout=120)
+        assert archiver.stats.total_errors == 0 and archiver.stats.total_dropped == 0
+    yield {"filled": filled, "referenced": referenced, **runs}
+    filled.context.close()
+    referenced.context.close()
 
 
 def _assert_replay_matches(client, uid, acquired):
@@ -94,37 +111,36 @@ def _scan(txm):
     return xanes_scan2(txm, ENERGIES_KEV, chunk_size=CHUNK)
 
 
-@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-hdf5"])
-def test_simulated_xanes_scan2_replays_the_acquired_frames(tmp_path, external):
-    handlers = HANDLER_REGISTRY if external else None
-    client, uid, acquired = _archive(tmp_path, _scan, external=external, handlers=handlers)
+@pytest.mark.parametrize("name", ["inline", "external"])
+def test_simulated_xanes_scan2_replays_the_acquired_frames(archived, name):
+    client = archived["filled"]
+    uid, acquired = archived[name]
     assert [s for n, s in acquired.sequence if n == "event"] == ["dark"] + ["primary", "flat"] * 4
     start = run_start(client, uid)
     assert start["plan_name"] == "xanes_scan2" and start["num_eng"] == len(ENERGIES_KEV)
     _assert_replay_matches(client, uid, acquired)
-    client.context.close()
 
 
-def test_external_frames_of_one_stream_are_archived_by_reference(tmp_path):
+def test_external_frames_of_one_stream_are_archived_by_reference(archived):
     """A detector file holding one stream's frames is referenced, and read back directly."""
-    client, uid, acquired = _archive(
-        tmp_path, lambda txm: count([txm.Andor, txm.ic3], 3), external=True, handlers=None
-    )
+    client = archived["referenced"]
+    uid, acquired = archived["one-stream"]
     node = lookup_run(client, uid).include_data_sources()["primary"].base["Andor_image"]
     assert node.data_sources()[0].mimetype == "application/x-hdf5"  # not copied into the catalog
     run = lookup_run(client, uid)
-    for direct in (True, False):
-        _, frames = _replayed(documents_from_arrays(run, direct=direct))
+    for docs in (
+        documents_from_arrays(run, direct=True),
+        documents_from_arrays(run, direct=False),
+        documents_from_export(run),
+    ):
+        _, frames = _replayed(docs)
+        assert len(frames) == 3
         for (_, frame), (_, live) in zip(frames, acquired.frames, strict=True):
             np.testing.assert_array_equal(frame, live)
-    _, frames = _replayed(documents_from_export(run))
-    assert len(frames) == 3
-    client.context.close()
 
 
-def test_shared_detector_file_by_reference_fails_clearly(tmp_path):
+def test_shared_detector_file_by_reference_fails_clearly(archived):
     """FXI's layout (dark, primary and flat frames in one file) needs handler_registry."""
-    client, uid, _ = _archive(tmp_path, _scan, external=True, handlers=None)
+    uid, _ = archived["external"]
     with pytest.raises(ReplayError, match="Andor_image"):
-        list(documents_from_arrays(lookup_run(client, uid)))
-    client.context.close()
+        list(documents_from_arrays(lookup_run(archived["referenced"], uid)))
