@@ -3,9 +3,9 @@
 Devices (ophyd names as at FXI): ``XEng`` (monochromator energy, keV), ``Andor`` (camera; its
 ``Andor_image`` reading is a stack of ``Andor.cam.num_images`` uint16 frames), ``ic3`` (incident
 flux monitor), ``zps`` (sample stage: ``zps_sx``, ``zps_sy``, ``zps_sz``, ``zps_pi_r``; um and
-degrees) and ``shutter`` (1 open, 0 closed), defined in :mod:`sim.devices`. :class:`SimulatedTXM`
-bundles them with the sample
-(fields of view placed at stage positions), the beam model and a simulated clock.
+degrees) and ``shutter`` (1 open, 0 closed), defined in :mod:`sim.devices`.
+:class:`SimulatedTXM` bundles them with the sample (fields of view placed at stage positions),
+the beam model and a simulated clock.
 
 Counts follow ``I = I0(E, t) * flat(x, y, E) * exp(-OD(x - drift(t))) + dark`` with shot noise
 (see :mod:`sim.beam`). A field of view is in the beam when the stage is within half a field of its
