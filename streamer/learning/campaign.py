@@ -1,0 +1,435 @@
+"""The campaign model: what the live analyzer learns across all fields of view of a beamtime.
+
+:class:`CampaignModel` is the one object the analyzer talks to (``streamer.session``):
+
+``observe_field(fov_key, attributes, valid)``
+    Pixel level. Valid pixels (finite weighted attributes, and the half-jump edge below the
+    white-line energy) are standardised with running campaign statistics
+    (:class:`~streamer.learning.standardize.RunningScaler`), weighted as in the seed study and
+    clustered online (:class:`~streamer.learning.pixel_clusters.OnlinePixelClusters`). Returns a
+    cluster map (``int16``, ``-1`` masked) and the :class:`NewClusterEvent` s of the field.
+``score_particles(fov_key, table, provisional=...)``
+    Particle level (:mod:`streamer.learning.particle_scoring`): the table's particles against the
+    population so far, their neighbours and the LiCoO2 prior. Learns nothing, so provisional
+    values never leak into the model.
+``learn_particles(fov_key, table)``
+    Once per field, at the end of its scan, with confirmed values. **Population rule**: the table
+    is scored first and only particles scoring at or below the threshold are learned; anomalous
+    particles never enter the population (they would widen it and hide the next one). A field
+    key is learned once; repeats are ignored with a warning. The field's particle medians (all
+    particles) go to the drift monitor (:mod:`streamer.learning.drift`).
+``drift_events()``, ``save(path)``, ``CampaignModel.load(path)``
+    Population drift events for ``data_quality`` alerts; a pickle-free checkpoint
+    (:mod:`streamer.learning.checkpoint`). Scores are deterministic for a given sequence of calls
+    and seed, and identical after a save/load round trip.
+
+Seed-study check (real maps of three LiCoO2 particles, streamed particle by particle,
+``tests/streamer/test_learning_seed.py``): see that test's docstring for the adjusted Rand index
+against the authors' k-means labels and per-cluster recall.
+
+Examples
+--------
+>>> import numpy as np
+>>> model = CampaignModel(seed=0)
+>>> rng = np.random.default_rng(0)
+>>> n = 4096
+>>> attrs = {"e0_half": rng.normal(7722.3, 0.4, n),
+...          "white_line_energy": rng.normal(7729, 0.5, n),
+...          "white_line_height": rng.normal(1.7, 0.05, n),
+...          "pre_edge_noise": rng.normal(0.01, 0.002, n),
+...          "r_squared": rng.normal(0.99, 0.003, n)}
+>>> result = model.observe_field("fov0", attrs, np.ones(n, bool))
+>>> result.cluster_map.dtype, int(result.cluster_map.min()), result.new_clusters
+(dtype('int16'), 0, [])
+>>> table = [{"id": i, "area_px": 300, "e0_half_median": 7722.3 + 0.3 * rng.standard_normal(),
+...           "white_line_energy_median": 7729.0 + 0.3 * rng.standard_normal(),
+...           "white_line_height_median": 1.7 + 0.05 * rng.standard_normal()} for i in range(1, 9)]
+>>> table[3]["e0_half_median"] = 7718.0  # a reduced particle in the very first field
+>>> [(s.id, s.kind_guess) for s in model.score_particles("fov0", table, provisional=True)
+...  if s.anomalous]
+[(4, 'reduced')]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from streamer.learning.checkpoint import read_checkpoint, write_checkpoint
+from streamer.learning.drift import DriftEvent, PopulationDriftMonitor
+from streamer.learning.particle_scoring import ParticleScore, score_field, table_vectors
+from streamer.learning.pixel_clusters import OnlinePixelClusters
+from streamer.learning.population import ParticlePopulation
+from streamer.learning.prior import ATTRIBUTES, DEFAULT_WEIGHTS, LICOO2_CO_K_PRIOR, AttributePrior
+from streamer.learning.standardize import RunningScaler
+
+__all__ = ["DEFAULT_THRESHOLD", "CampaignModel", "NewClusterEvent", "PixelResult"]
+
+logger = logging.getLogger(__name__)
+
+#: Score above which a particle is anomalous: calibrated in bench/bench_scorers.py for at most
+#: one false alert per 100 normal particles (see the numbers there).
+DEFAULT_THRESHOLD = 4.0
+_CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NewClusterEvent:
+    """A new pixel cluster appeared in a field (JSON-able via ``dataclasses.asdict``)."""
+
+    cluster_id: int
+    fov_key: str
+    n_pixels: int
+    fraction: float
+    nearest_cluster: int
+    distance: float
+    center: dict[str, float]
+    message: str
+
+
+@dataclass
+class PixelResult:
+    """Pixel-level result of one field.
+
+    Attributes
+    ----------
+    cluster_map : int16 (n_pixels,)
+        Cluster id per pixel, ``-1`` where masked or not yet clusterable.
+    new_clusters : list of NewClusterEvent
+    distance : float32 (n_pixels,)
+        Distance to the assigned centre (weighted z units), NaN where masked.
+    n_valid, n_rejected : int
+        Pixels clustered; pixels valid per the mask but rejected (NaN attribute, or the edge
+        at or above the white line).
+    """
+
+    cluster_map: np.ndarray
+    new_clusters: list[NewClusterEvent] = field(default_factory=list)
+    distance: np.ndarray | None = None
+    n_valid: int = 0
+    n_rejected: int = 0
+
+
+class CampaignModel:
+    """Campaign-wide online learning: pixel clusters, particle population, drift.
+
+    Parameters
+    ----------
+    attributes : sequence of str
+        Per-pixel attribute names the model may use.
+    weights : mapping, optional
+        Per-attribute weights (default: the seed study's, :data:`~streamer.learning.prior.
+        DEFAULT_WEIGHTS`); attributes with weight 0 are ignored. Used by both levels unless
+        ``particle_weights`` is given.
+    n_clusters : int
+        Initial number of pixel clusters.
+    seed : int
+        Seed of every random choice.
+    scaler : {"robust", "mean"}
+        Running median/MAD (reservoir sketch) or Welford mean/sd standardisation.
+    threshold : float
+        Particle score threshold (:data:`DEFAULT_THRESHOLD`).
+    prior : mapping attribute -> AttributePrior, optional
+        Default :data:`~streamer.learning.prior.LICOO2_CO_K_PRIOR`.
+    correlation : {"spearman", "mcd"}
+        Between-attribute correlation estimator of the particle population.
+    drift_detector : {"page_hinkley", "adwin"}
+    **options
+        ``clip``, ``far_factor``, ``min_new_pixels``, ``min_new_fraction``, ``max_clusters``,
+        ``batch_size`` (pixel level); ``kind_z``, ``field_offset``, ``max_population``,
+        ``drift_threshold``, ``drift_delta`` (particle level).
+    """
+
+    def __init__(
+        self,
+        *,
+        attributes: Sequence[str] = ATTRIBUTES,
+        weights: Mapping[str, float] | None = None,
+        n_clusters: int = 4,
+        seed: int = 0,
+        scaler: str = "robust",
+        threshold: float = DEFAULT_THRESHOLD,
+        prior: Mapping[str, AttributePrior] | None = None,
+        particle_weights: Mapping[str, float] | None = None,
+        correlation: str = "spearman",
+        drift_detector: str = "page_hinkley",
+        clip: float = 8.0,
+        far_factor: float = 3.0,
+        min_new_pixels: int = 50,
+        min_new_fraction: float = 0.002,
+        max_clusters: int = 16,
+        batch_size: int = 4096,
+        kind_z: float = 3.0,
+        field_offset: float = 0.5,
+        max_population: int = 100_000,
+        drift_threshold: float = 4.0,
+        drift_delta: float = 0.5,
+    ) -> None:
+        weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        self.attributes = tuple(attributes)
+        self.weights = {a: float(weights.get(a, 0.0)) for a in self.attributes}
+        pw = dict(weights if particle_weights is None else particle_weights)
+        self.particle_weights = {a: float(v) for a, v in pw.items() if float(v) > 0}
+        self.pixel_attributes = tuple(a for a in self.attributes if self.weights[a] > 0)
+        if not self.pixel_attributes or not self.particle_weights:
+            raise ValueError("at least one attribute needs a positive weight")
+        self.prior = dict(LICOO2_CO_K_PRIOR if prior is None else prior)
+        self.seed = int(seed)
+        self.threshold = float(threshold)
+        self.kind_z = float(kind_z)
+        self.field_offset = float(field_offset)
+        self._options = {
+            "n_clusters": int(n_clusters),
+            "scaler": scaler,
+            "correlation": correlation,
+            "drift_detector": drift_detector,
+            "clip": float(clip),
+            "far_factor": float(far_factor),
+            "min_new_pixels": int(min_new_pixels),
+            "min_new_fraction": float(min_new_fraction),
+            "max_clusters": int(max_clusters),
+            "batch_size": int(batch_size),
+            "max_population": int(max_population),
+            "drift_threshold": float(drift_threshold),
+            "drift_delta": float(drift_delta),
+        }
+        self._w = np.array([self.weights[a] for a in self.pixel_attributes])
+        self.scaler = RunningScaler(len(self.pixel_attributes), method=scaler, clip=clip, seed=seed)
+        self.clusters = OnlinePixelClusters(
+            n_clusters=n_clusters,
+            batch_size=batch_size,
+            far_factor=far_factor,
+            min_new_pixels=min_new_pixels,
+            min_new_fraction=min_new_fraction,
+            max_clusters=max_clusters,
+            seed=seed,
+        )
+        self.particle_attributes = tuple(self.particle_weights)
+        self.population = ParticlePopulation(
+            self.particle_attributes, correlation=correlation, max_buffer=max_population, seed=seed
+        )
+        watched = {
+            a: self.prior[a].spread
+            for a in ("e0_half", "white_line_energy", "white_line_height")
+            if a in self.particle_weights and a in self.prior
+        }
+        self.drift = PopulationDriftMonitor(
+            watched, detector=drift_detector, threshold=drift_threshold, delta=drift_delta
+        )
+        self.new_cluster_events_: list[NewClusterEvent] = []
+        self._pending_drift: list[DriftEvent] = []
+        self.drift_events_: list[DriftEvent] = []
+        self.pixel_fields_: list[str] = []
+        self.particle_fields_: list[str] = []
+        self.n_held_out_ = 0
+
+    # -- pixel level ------------------------------------------------------------------------
+    def _pixel_matrix(self, attributes: Mapping[str, np.ndarray], valid: np.ndarray):
+        missing = [a for a in self.pixel_attributes if a not in attributes]
+        if missing:
+            raise KeyError(f"observe_field needs attributes {missing} (weights > 0)")
+        valid = np.asarray(valid, dtype=bool).ravel()
+        cols = []
+        for a in self.pixel_attributes:
+            col = np.asarray(attributes[a], dtype=np.float64).ravel()
+            if col.size != valid.size:
+                raise ValueError(f"attribute {a!r} has {col.size} pixels, valid has {valid.size}")
+            cols.append(col)
+        X = np.stack(cols, axis=1)
+        ok = valid & np.isfinite(X).all(axis=1)
+        if "e0_half" in self.pixel_attributes and "white_line_energy" in self.pixel_attributes:
+            i, j = (
+                self.pixel_attributes.index("e0_half"),
+                self.pixel_attributes.index("white_line_energy"),
+            )
+            with np.errstate(invalid="ignore"):
+                ok &= X[:, i] < X[:, j]  # the half-jump edge precedes the white-line maximum
+        return X, valid, ok
+
+    def observe_field(
+        self,
+        fov_key: str,
+        attributes: Mapping[str, np.ndarray],
+        valid: np.ndarray,
+        *,
+        learn: bool = True,
+    ) -> PixelResult:
+        """Cluster one field's pixels and, with ``learn``, update the campaign model with them."""
+        X, valid, ok = self._pixel_matrix(attributes, valid)
+        n_rejected = int(valid.sum() - ok.sum())
+        if n_rejected:
+            logger.info(
+                "field %s: %d valid pixels rejected (NaN or edge >= white line)",
+                fov_key,
+                n_rejected,
+            )
+        if learn and fov_key in self.pixel_fields_:
+            logger.warning(
+                "field %s was already learned at the pixel level: not learned again", fov_key
+            )
+            learn = False
+        events: list[NewClusterEvent] = []
+        if learn and ok.any():
+            c_old, s_old = self.scaler.center_.copy(), self.scaler.scale_.copy()
+            self.scaler.update(X[ok])
+            c_new, s_new = self.scaler.center_, self.scaler.scale_
+            self.clusters.rebase(s_old / s_new, self._w * (c_old - c_new) / s_new)
+            Z = self.scaler.transform(X[ok]) * self._w
+            for sp in self.clusters.fit_field(Z):
+                events.append(self._new_cluster_event(fov_key, sp))
+            self.pixel_fields_.append(str(fov_key))
+            self.new_cluster_events_.extend(events)
+        cluster_map = np.full(valid.size, -1, dtype=np.int16)
+        distance = np.full(valid.size, np.nan, dtype=np.float32)
+        if self.clusters.fitted and ok.any():
+            Z = self.scaler.transform(X[ok]) * self._w
+            labels, dist = self.clusters.predict(Z)
+            cluster_map[ok] = labels.astype(np.int16)
+            distance[ok] = dist.astype(np.float32)
+        return PixelResult(cluster_map, events, distance, int(ok.sum()), n_rejected)
+
+    def _raw_center(self, z_weighted: np.ndarray) -> dict[str, float]:
+        raw = z_weighted / self._w * self.scaler.scale_ + self.scaler.center_
+        return {a: round(float(v), 5) for a, v in zip(self.pixel_attributes, raw, strict=True)}
+
+    def _new_cluster_event(self, fov_key: str, sp) -> NewClusterEvent:
+        center = self._raw_center(sp.center)
+        near = self._raw_center(self.clusters.centers_[sp.nearest_cluster])
+        diffs = sorted(
+            ((a, center[a] - near[a]) for a in center),
+            key=lambda kv: (
+                -abs(kv[1])
+                * self.weights[kv[0]]
+                / max(self.scaler.scale_[self.pixel_attributes.index(kv[0])], 1e-12)
+            ),
+        )[:2]
+        said = ", ".join(f"{a} {d:+.3g}" for a, d in diffs)
+        return NewClusterEvent(
+            cluster_id=int(sp.cluster_id),
+            fov_key=str(fov_key),
+            n_pixels=int(sp.n_pixels),
+            fraction=round(float(sp.fraction), 6),
+            nearest_cluster=int(sp.nearest_cluster),
+            distance=round(float(sp.distance), 4),
+            center=center,
+            message=(
+                f"new pixel cluster {sp.cluster_id} in field {fov_key}: {sp.n_pixels} pixels "
+                f"({100 * sp.fraction:.1f} %) unlike cluster {sp.nearest_cluster} ({said})"
+            ),
+        )
+
+    def cluster_centers(self) -> dict[int, dict[str, float]]:
+        """Current cluster centres in attribute units (for reports)."""
+        return {i: self._raw_center(c) for i, c in enumerate(self.clusters.centers_)}
+
+    # -- particle level ---------------------------------------------------------------------
+    def score_particles(
+        self, fov_key: str, table: Sequence[Mapping], *, provisional: bool = False
+    ) -> list[ParticleScore]:
+        """Score a field's particle table against the campaign so far. Learns nothing."""
+        return score_field(
+            table,
+            population=self.population,
+            priors=self.prior,
+            weights=self.particle_weights,
+            threshold=self.threshold,
+            kind_z=self.kind_z,
+            field_offset=self.field_offset,
+            provisional=provisional,
+        )
+
+    def learn_particles(self, fov_key: str, table: Sequence[Mapping]) -> list[ParticleScore]:
+        """Learn a field's confirmed particles (see the population rule above); return scores."""
+        if fov_key in self.particle_fields_:
+            logger.warning("field %s was already learned at the particle level: ignored", fov_key)
+            return []
+        scores = self.score_particles(fov_key, table, provisional=False)
+        X, _, _ = table_vectors(table, self.particle_attributes)
+        keep = np.array([np.isfinite(s.score) and not s.anomalous for s in scores], dtype=bool)
+        if keep.any():
+            self.population.learn(X[keep])
+        self.n_held_out_ += int((~keep).sum())
+        self.particle_fields_.append(str(fov_key))
+        with np.errstate(all="ignore"):
+            medians = {
+                a: float(np.nanmedian(X[:, j])) if np.isfinite(X[:, j]).any() else np.nan
+                for j, a in enumerate(self.particle_attributes)
+            }
+        events = self.drift.update(str(fov_key), medians, n_particles=len(table))
+        for event in events:
+            logger.warning("%s", event.message)
+        self._pending_drift.extend(events)
+        self.drift_events_.extend(events)
+        return scores
+
+    def drift_events(self, *, clear: bool = True) -> list[DriftEvent]:
+        """Population drift events not yet collected (all of them with ``clear=False``)."""
+        events = list(self._pending_drift) if clear else list(self.drift_events_)
+        if clear:
+            self._pending_drift.clear()
+        return events
+
+    # -- checkpoint -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a pickle-free checkpoint (``.npz`` with a JSON document)."""
+        scaler_meta, scaler_arrays = self.scaler.state()
+        cl_meta, cl_arrays = self.clusters.state()
+        pop_meta, pop_arrays = self.population.state()
+        meta = {
+            "version": _CHECKPOINT_VERSION,
+            "init": {
+                "attributes": list(self.attributes),
+                "weights": self.weights,
+                "particle_weights": self.particle_weights,
+                "seed": self.seed,
+                "threshold": self.threshold,
+                "kind_z": self.kind_z,
+                "field_offset": self.field_offset,
+                **self._options,
+                "prior": {a: asdict(p) for a, p in self.prior.items()},
+            },
+            "scaler": scaler_meta,
+            "clusters": cl_meta,
+            "population": pop_meta,
+            "drift": self.drift.state(),
+            "new_cluster_events": [asdict(e) for e in self.new_cluster_events_],
+            "drift_events": [asdict(e) for e in self.drift_events_],
+            "pending_drift": len(self._pending_drift),
+            "pixel_fields": self.pixel_fields_,
+            "particle_fields": self.particle_fields_,
+            "n_held_out": self.n_held_out_,
+        }
+        arrays = {f"scaler.{k}": v for k, v in scaler_arrays.items()}
+        arrays.update({f"clusters.{k}": v for k, v in cl_arrays.items()})
+        arrays.update({f"population.{k}": v for k, v in pop_arrays.items()})
+        write_checkpoint(path, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CampaignModel:
+        """Rebuild a model from :meth:`save`'s checkpoint."""
+        meta, arrays = read_checkpoint(path)
+        if meta.get("version") != _CHECKPOINT_VERSION:
+            raise ValueError(f"unsupported checkpoint version {meta.get('version')!r} in {path}")
+        init = dict(meta["init"])
+        init["prior"] = {a: AttributePrior(**p) for a, p in init["prior"].items()}
+        self = cls(**init)
+
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+
+        self.scaler = RunningScaler.from_state(meta["scaler"], part("scaler"))
+        self.clusters = OnlinePixelClusters.from_state(meta["clusters"], part("clusters"))
+        self.population = ParticlePopulation.from_state(meta["population"], part("population"))
+        self.drift = PopulationDriftMonitor.from_state(meta["drift"])
+        self.new_cluster_events_ = [NewClusterEvent(**e) for e in meta["new_cluster_events"]]
+        self.drift_events_ = [DriftEvent(**e) for e in meta["drift_events"]]
+        n_pending = int(meta["pending_drift"])
+        self._pending_drift = self.drift_events_[len(self.drift_events_) - n_pending :]
+        self.pixel_fields_ = list(meta["pixel_fields"])
+        self.particle_fields_ = list(meta["particle_fields"])
+        self.n_held_out_ = int(meta["n_held_out"])
+        return self

@@ -1,0 +1,98 @@
+"""What LiCoO2 is known to look like at the Co K-edge: the broad prior of the particle scorer.
+
+The campaign model compares a particle with the population seen so far. Before there is a
+population (the first field of view of a campaign) it compares it with its neighbours in the
+same field and with this prior. The prior is deliberately broad in *location* (beamlines differ in
+energy calibration by about a volt) and informative in *spread* (how different two normal
+particles are), and it is worth a fixed number of particles (``pseudo_count``): population
+statistics take over from it as confirmed particles accumulate.
+
+Sources: the seed study's LiCoO2 maps (majority edge 7721.4-7722.2 eV, white line 7729.5-7729.6
+eV) and the measured pristine / charged LiCoO2 standards (white-line height about 1.6-1.9 edge
+steps in this project's normalisation, see ``docs/architecture.md``).
+
+Examples
+--------
+>>> prior = LICOO2_CO_K_PRIOR["e0_half"]
+>>> prior.location, prior.spread
+(7722.3, 0.3)
+>>> sorted(DEFAULT_WEIGHTS)[:3]
+['e0_deriv', 'e0_half', 'edge_jump']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ATTRIBUTES",
+    "DEFAULT_WEIGHTS",
+    "LICOO2_CO_K_PRIOR",
+    "AttributePrior",
+]
+
+#: Per-pixel attribute names (``docs/architecture.md``), in the order the models use them.
+ATTRIBUTES = (
+    "edge_jump",
+    "e0_half",
+    "e0_deriv",
+    "white_line_energy",
+    "white_line_height",
+    "pre_edge_noise",
+    "r_squared",
+)
+
+#: The seed study's weights: edge 1, white-line energy 1, white-line height 1, R^2 0.1,
+#: noise 0.1, edge jump off. ``e0_deriv`` (not in the seed study) is off by default.
+DEFAULT_WEIGHTS = {
+    "edge_jump": 0.0,
+    "e0_half": 1.0,
+    "e0_deriv": 0.0,
+    "white_line_energy": 1.0,
+    "white_line_height": 1.0,
+    "pre_edge_noise": 0.1,
+    "r_squared": 0.1,
+}
+
+
+@dataclass(frozen=True)
+class AttributePrior:
+    """A broad prior for one per-particle attribute (the particle median of a pixel attribute).
+
+    Parameters
+    ----------
+    location : float or None
+        Expected population median (``None``: no prior location, neighbours and population only).
+    location_sd : float
+        Uncertainty of ``location`` (calibration offsets between beamlines and samples).
+    spread : float
+        Expected between-particle standard deviation of normal particles (robust).
+    pseudo_count : float
+        How many particles' worth of evidence ``spread`` is worth in the blend with the observed
+        spread (0: the prior spread is only used while nothing else is known).
+    """
+
+    location: float | None
+    location_sd: float
+    spread: float
+    pseudo_count: float = 10.0
+
+    def __post_init__(self):
+        if not (self.location_sd > 0 and self.spread > 0 and self.pseudo_count >= 0):
+            raise ValueError(
+                f"invalid prior {self!r}: need location_sd > 0, spread > 0, pseudo_count >= 0"
+            )
+
+
+#: LiCoO2 at the Co K-edge, energies in eV, heights in edge steps.
+LICOO2_CO_K_PRIOR: dict[str, AttributePrior] = {
+    "e0_half": AttributePrior(7722.3, 1.0, 0.3, 10.0),
+    "e0_deriv": AttributePrior(None, 2.0, 0.4, 0.0),
+    "white_line_energy": AttributePrior(7729.0, 1.0, 0.3, 10.0),
+    "white_line_height": AttributePrior(1.7, 0.15, 0.05, 10.0),
+    # Quality attributes: no useful location, a weak guess of the spread.
+    "pre_edge_noise": AttributePrior(None, 1.0, 0.01, 0.0),
+    "r_squared": AttributePrior(None, 1.0, 0.01, 0.0),
+    "edge_jump": AttributePrior(None, 1.0, 0.1, 0.0),
+    "unusual_fraction": AttributePrior(0.0, 0.05, 0.05, 5.0),
+}
