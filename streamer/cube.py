@@ -496,12 +496,15 @@ class SpectralCube:
         valid = self._valid.reshape(self._shape)
         counts = []
 
-        def finish(sc, r0, r1):
-            if self.register:
-                apply_shift(self._work, drift, out=dst, fill=np.nan, rows=(r0, r1),
-                            block_rows=self.block_rows, scratch=sc.shift)  # fmt: skip
-            counts.append(mask_nonfinite_rows(dst, valid, self.fill_value, rows=(r0, r1),
-                                              scratch=sc))  # fmt: skip
+        def finish(sc, r0, r1):  # block by block: the check reads what the shift just wrote
+            n_bad, step = 0, self.block_rows
+            for b0 in range(r0, r1, step):
+                rows = (b0, min(r1, b0 + step))
+                if self.register:
+                    apply_shift(self._work, drift, out=dst, fill=np.nan, rows=rows,
+                                block_rows=step, scratch=sc.shift)  # fmt: skip
+                n_bad += mask_nonfinite_rows(dst, valid, self.fill_value, rows=rows, scratch=sc)
+            counts.append(n_bad)
 
         self._run(finish)
         border = 0

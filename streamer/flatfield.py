@@ -196,8 +196,7 @@ def normalise_rows(
     ----------
     sample : ndarray
         A stack ``(k, ny, nx)`` of raw exposures (averaged here) or an averaged float32 frame
-        ``(ny, nx)``; an averaged frame is overwritten (dark subtracted in place) when ``dark`` is
-        given, so that a row waiting for its flat can be normalised in place.
+        ``(ny, nx)`` (not modified, unless it is ``out``).
     flat : ndarray or float
         A stack of raw exposures, an averaged float32 frame, or one open-beam level (raw
         absorbance, dark already subtracted).
@@ -237,10 +236,12 @@ def normalise_rows(
             if s_how is not None:
                 s = sc.f32[0][:n]
                 _average_block(sample[:, b0:b1], s, sc, s_how, s_cap)
+                if dark is not None:
+                    s -= dark[b0:b1]
+            elif dark is not None:  # into scratch: writing back to ``sample`` costs memory traffic
+                s = np.subtract(sample[b0:b1], dark[b0:b1], out=sc.f32[0][:n])
             else:
                 s = sample[b0:b1]
-            if dark is not None:
-                s -= dark[b0:b1]
             if f_stack:
                 fa = flat_store[b0:b1] if flat_store is not None else sc.f32[1][:n]
                 _average_block(flat[:, b0:b1], fa, sc, f_how, f_cap)
