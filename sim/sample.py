@@ -10,7 +10,10 @@ Anomalies are planted on request:
   normal edge;
 
 either over the whole particle or over a region of it (``partial``), and at full strength or
-``subtle`` (reduced by about 1-1.5 eV, white line +0.12-0.2: near the per-pixel noise floor).
+``subtle``: edge 0.8-1.2 eV lower, or white line +0.10-0.16. Subtle anomalies sit inside the
+population's own spread (the state of charge alone moves the edge by 1 eV and the white-line
+height from 1.62 to 1.93) and, for thin particles at short exposures, near the per-pixel noise of
+the normalised spectra (a few hundredths); they are detectable per particle, not per pixel.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ logger = logging.getLogger(__name__)
 
 ANOMALY_KINDS = ("reduced", "white_line")
 #: Edge shift toward reduced Co (eV) per ``subtle`` option.
-_REDUCTION_EV = {False: (2.5, 6.0), True: (1.0, 1.5)}
+_REDUCTION_EV = {False: (2.5, 6.0), True: (0.8, 1.2)}
 #: White-line height excess (edge steps) per ``subtle`` option.
-_WL_EXCESS = {False: (0.4, 0.6), True: (0.12, 0.2)}
+_WL_EXCESS = {False: (0.4, 0.6), True: (0.1, 0.16)}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -422,8 +421,3 @@ def licoo2_mu_per_um(
     background = np.exp(np.polyval(fb, np.log(e))) * 1e-4
     above = np.exp(np.polyval(fa, np.log(e))) * 1e-4
     return background, above - background
-
-
-def as_param_dict(params: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """Copy a parameter mapping into float64 arrays (helper for serialisation and slicing)."""
-    return {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
