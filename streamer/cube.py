@@ -249,8 +249,9 @@ class SpectralCube:
         stack = self._check(stack)
         done = int(self.ready_.sum())
         if done:
-            self.counters_["late_dark"] += done
-            logger.warning("dark arrived after %d rows were normalised without it", done)
+            self._warn(
+                "late_dark", done, "dark arrived after %d rows were normalised without it", done
+            )
         if self._dark is None:
             self._dark = np.empty(self._shape, np.float32)
         self._run(lambda sc, r0, r1: self._average_rows(stack, self._dark, sc, r0, r1))
@@ -309,10 +310,9 @@ class SpectralCube:
         for key in sorted(self._pending):
             flat = self._flats.nearest(key) if self._flats is not None else None
             if flat is not None:
-                self.counters_["nearest_flat"] += 1
-                logger.warning(
-                    "no flat arrived for %.2f eV: normalised with the flat %s", key,
-                    "for all energies" if flat.energy is None else f"of {flat.energy:.2f} eV",
+                self._warn(
+                    "nearest_flat", 1, "no flat arrived for %.2f eV: normalised with the flat %s",
+                    key, "for all energies" if flat.energy is None else f"of {flat.energy:.2f} eV",
                 )  # fmt: skip
                 self._normalise(key, flat)
             else:
@@ -412,8 +412,8 @@ class SpectralCube:
         if i >= 0 and abs(rows[i] - energy) <= self.energy_tolerance:
             key = float(rows[i])
             if self._ready[i] or key in self._pending:
-                self.counters_["duplicate_energy"] += 1
-                logger.warning("a second sample at %.2f eV replaces the first", energy)
+                self._warn("duplicate_energy", 1, "a second sample at %.2f eV replaces the first",
+                           energy)  # fmt: skip
                 self._pending.pop(key, None)
                 self._ready[i] = False
             return key
@@ -449,6 +449,14 @@ class SpectralCube:
         self._shifts[pos], self._measured[pos] = 0.0, np.nan
         self._n_rows = n + 1
 
+    def _warn(self, kind: str, count: int, message: str, *args) -> None:
+        """Count a warning; log the first of its kind (all are summarised at finalize)."""
+        self.counters_[kind] += count
+        if self.counters_[kind] == count:
+            logger.warning(message + " (further ones are only counted)", *args)
+        else:
+            logger.debug(message, *args)
+
     def _i0_offset(self, pending: _Pending, flat: Flat | None) -> float:
         if not self.i0_correction or flat is None:
             return 0.0
@@ -472,8 +480,8 @@ class SpectralCube:
         store = None if flat_stack is None else flat.image
         flat_src: np.ndarray | float
         if flat is None:
-            self.counters_["raw_absorbance"] += 1
-            logger.warning("no flat for %.2f eV: stored as raw absorbance (no flat-field)", key)
+            msg = "no flat for %.2f eV: raw absorbance against the frame's bright level"
+            self._warn("raw_absorbance", 1, msg, key)
             bright = dst[::4, ::4] - (self._dark[::4, ::4] if self._dark is not None else 0)
             flat_src = float(np.nanpercentile(bright, self.bright_percentile))
         else:
