@@ -127,6 +127,7 @@ def write_fov_report(
     threshold: float | None = None,
     pixel_size_um: float | None = None,
     title: str | None = None,
+    particles_only: bool = True,
 ) -> list[Path]:
     """Write the PNG figures of one field of view.
 
@@ -159,6 +160,9 @@ def write_fov_report(
         Adds scale bars.
     title : str, optional
         Prefix of every figure title (default ``fov_id``).
+    particles_only : bool
+        Draw attribute values only inside particles (``labels > 0``, when there are any): the
+        attributes of empty pixels are noise and would dominate the colour scale.
 
     Returns
     -------
@@ -176,6 +180,8 @@ def write_fov_report(
     entries = [_flag_entry(f) for f in flagged]
     marks = {pid: f"#{pid}" for pid, _ in entries}
     maps = {k: _as_image(v, shape, k).astype(np.float32) for k, v in attributes.items()}
+    if particles_only and labels.any():
+        maps = {k: np.where(labels > 0, v, np.float32(np.nan)) for k, v in maps.items()}
     common = {"labels": labels, "flagged": marks, "pixel_size_um": pixel_size_um}
     written = []
 

@@ -66,8 +66,8 @@ def mosaic_figure(
     tiles : sequence of mapping
         Each with ``image`` (ny, nx), ``name`` (str), and optionally ``labels`` (same shape as
         ``image``) and ``flagged`` (mapping of particle id to text). All tiles share one colour
-        range. Tiles larger than ``MOSAIC_TILE_PX`` are reduced for display (block mean of the
-        image, every n-th pixel of the labels).
+        range; NaN pixels take its lowest colour. Tiles larger than ``MOSAIC_TILE_PX`` are
+        reduced for display (block mean of the image, every n-th pixel of the labels).
     """
     n = len(tiles)
     ncols = int(np.ceil(np.sqrt(n))) if n else 1
@@ -86,11 +86,11 @@ def mosaic_figure(
     images = [image for image, _ in reduced]
     values = np.concatenate([im[np.isfinite(im)].ravel() for im in images] or [np.zeros(1)])
     low, high = robust_limits(values)
-    palette = colour_map_with_bad(cmap)
+    palette = colour_map_with_bad(cmap, bad=None)  # masked: no absorber, drawn as the lowest
     shown = None
     for ax, tile, (image, labels) in zip(axes, tiles, reduced, strict=False):
         shown = ax.imshow(image, cmap=palette, vmin=low, vmax=high, interpolation="nearest")
-        outline_particles(ax, labels, tile.get("flagged") or {})
+        outline_particles(ax, labels, tile.get("flagged") or {}, colour=(0.95, 0.95, 0.95))
         ax.set_title(str(tile["name"]), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])

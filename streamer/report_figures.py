@@ -30,8 +30,9 @@ __all__ = [
     "spectra_figure",
 ]
 
-#: Categorical colours of clusters 0..9 (matplotlib's tab10), reused by the spectra figure.
-CLUSTER_COLOURS: tuple = tuple(colormaps["tab10"].colors)
+#: Categorical colours of clusters (matplotlib's tab10 without its red, kept for flagged
+#: particles), reused by the spectra figure.
+CLUSTER_COLOURS: tuple = tuple(c for i, c in enumerate(colormaps["tab10"].colors) if i != 3)
 FLAG_COLOUR = "#e8000b"
 _BAD_COLOUR = "#d9d9d9"  # NaN pixels: background, masked
 DPI = 100
@@ -43,13 +44,14 @@ def cluster_colour(cluster: int) -> str:
 
 
 def robust_limits(values: np.ndarray, where: np.ndarray | None = None) -> tuple[float, float]:
-    """1st-99th percentile of the finite values (inside ``where`` when it has any)."""
+    """2nd-98th percentile of the finite values (inside ``where`` when it has any): a few
+    outliers (thin particle rims) do not wash out the contrast; they saturate instead."""
     finite = np.isfinite(values)
     if where is not None and (finite & where).any():
         finite &= where
     if not finite.any():
         return 0.0, 1.0
-    low, high = np.percentile(values[finite], [1.0, 99.0])
+    low, high = np.percentile(values[finite], [2.0, 98.0])
     if high <= low:
         low, high = low - 0.5, high + 0.5
     return float(low), float(high)
@@ -77,13 +79,21 @@ def _frame_axes(ax, shape: tuple[int, int], pixel_size_um: float | None) -> None
         )
 
 
-def outline_particles(ax, labels: np.ndarray | None, flagged: Mapping[int, str]) -> None:
-    """Thin grey outlines of all particles; red outlines and id labels for the flagged ones."""
+def outline_particles(
+    ax,
+    labels: np.ndarray | None,
+    flagged: Mapping[int, str],
+    *,
+    colour: tuple[float, float, float] = (0.3, 0.3, 0.3),
+) -> None:
+    """One-pixel outlines of all particles, drawn just outside them so that no particle pixel
+    is hidden (except along a contact with a neighbour); red contours and id labels for the
+    flagged ones."""
     if labels is None or not labels.any():
         return
-    edges = find_boundaries(labels, mode="inner")
+    edges = (find_boundaries(labels, mode="outer") & (labels == 0)) | _contacts(labels)
     overlay = np.zeros((*labels.shape, 4), dtype=np.float32)
-    overlay[edges] = (0.85, 0.85, 0.85, 0.9)
+    overlay[edges] = (*colour, 0.9)
     ax.imshow(overlay, interpolation="nearest")
     for particle_id, text in flagged.items():
         inside = labels == particle_id
@@ -103,6 +113,17 @@ def outline_particles(ax, labels: np.ndarray | None, flagged: Mapping[int, str])
             va="bottom",
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
         )
+
+
+def _contacts(labels: np.ndarray) -> np.ndarray:
+    """Particle pixels whose right or lower neighbour is another particle (one side of each
+    contact between touching particles)."""
+    out = np.zeros(labels.shape, dtype=bool)
+    right = (labels[:, :-1] != labels[:, 1:]) & (labels[:, :-1] > 0) & (labels[:, 1:] > 0)
+    below = (labels[:-1, :] != labels[1:, :]) & (labels[:-1, :] > 0) & (labels[1:, :] > 0)
+    out[:, :-1] |= right
+    out[:-1, :] |= below
+    return out
 
 
 def attribute_map_figure(
@@ -132,7 +153,7 @@ def attribute_map_figure(
     cmap : str
         Matplotlib colour map.
     limits : (float, float), optional
-        Colour range; default the 1st-99th percentile inside the particles.
+        Colour range; default the 2nd-98th percentile inside the particles.
     pixel_size_um : float, optional
         Adds a scale bar.
     decimals : int
@@ -161,10 +182,10 @@ def _map_canvas():
     return fig, ax, bar_ax
 
 
-def colour_map_with_bad(cmap: str):
-    """The named colour map with NaN drawn light grey."""
-    palette = colormaps[cmap].with_extremes(bad=_BAD_COLOUR)
-    return palette
+def colour_map_with_bad(cmap: str, *, bad: str | None = _BAD_COLOUR):
+    """The named colour map with NaN drawn light grey (or ``bad``; None: its lowest colour)."""
+    palette = colormaps[cmap]
+    return palette.with_extremes(bad=palette(0.0) if bad is None else bad)
 
 
 def cluster_map_figure(
