@@ -11,7 +11,9 @@ Robust average of the ``k`` exposures of a stack (a cosmic-ray hit in one exposu
 survive), chosen by measurement at 2048x2048, k = 5 on the project's 2-core machine:
 
 - ``k`` = 3 or 5: the median, by a min/max sorting network in the detector's integer type
-  (6 ms, against 185 ms for :func:`numpy.median` and 24 ms for the trimmed mean below);
+  (5 ms of CPU per 2048x2048 stack of 5, against 11 ms for the trimmed mean below, 7 ms for a
+  plain mean that rejects nothing, and 200 ms for :func:`numpy.median`). The price: its noise
+  is about 1.2x that of the mean of 5 (``stack_average="trimmed_mean"`` gives 1.07x);
 - other ``k >= 4``: the trimmed mean (drop the lowest and the highest exposure);
 - ``k = 2``: the mean, except where the two differ by more than six robust sigma of their
   difference (then the lower one: a cosmic ray only adds counts);

@@ -420,7 +420,7 @@ class DriftTracker:
             self._ref_fft, spectrum, upsample_factor=self.upsample_factor, space="fourier"
         )
         drift = reduced_drift * b
-        limit = self.max_shift if self.max_shift is not None else self.region * b / 4
+        limit = self.max_shift if self.max_shift is not None else min(reduced.shape) * b / 4
         if not np.all(np.isfinite(drift)) or np.max(np.abs(drift)) > limit:
             previous = self.shifts_[-1] if self.shifts_ else np.zeros(2)
             logger.warning(
