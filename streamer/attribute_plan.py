@@ -2,24 +2,28 @@
 
 :func:`plan_attributes` turns an energy grid, a nominal edge energy and the analysis windows into
 float32 matrices and lookup tables (cached per grid): one stacked projection whose product with
-``mu`` gives every linear quantity at once (pre-edge line, post-edge polynomial, the larch
-smoothed derivative across the edge, sums for the R^2 denominator, projections onto references),
-the rows of the half-jump and white-line windows, the residual operator of the pre-edge line and
-the banded blocks of the Savitzky-Golay residual used for R^2. :mod:`streamer.attributes` applies
-it chunk by chunk.
+``mu`` gives every linear quantity at once (pre-edge line, post-edge polynomial, sums for the R^2
+denominator, projections onto references, and larch's smoothed derivative across the edge), the
+rows of the half-jump and white-line windows, the residual operator of the pre-edge line and the
+banded blocks of the Savitzky-Golay residual used for R^2. :mod:`streamer.attributes` applies it
+chunk by chunk.
+
+larch's ``find_e0`` smooths with a width that depends on its first, unsmoothed estimate ``e1``
+(the maximum of the raw derivative), and the result is sensitive to it (the uniform grid it
+interpolates onto shifts with the width). To agree with larch pixel by pixel, the derivative rows
+of the stacked projection are built per ``e1`` grid point (:meth:`AttributePlan.projection`,
+cached), and the kernel groups pixels by their ``e1``.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamer.edge_operators import (
-    larch_smoothed_derivative,
-    savgol_smoothing,
-)
+from streamer.edge_operators import larch_smoothed_derivative, savgol_smoothing
 from streamer.lcf import ReferenceSet, reference_set
 from streamer.normalize import EdgeWindows, NormalizationPlan, check_energies, plan_normalization
 
@@ -29,7 +33,7 @@ __all__ = ["AttributePlan", "plan_attributes"]
 SAVGOL_HALF_WIDTH = 3
 SAVGOL_DEGREE = 2
 #: Rows per block of the banded R^2 residual product.
-_BLOCK_ROWS = 16
+_BLOCK_ROWS = 8  # small blocks: OpenBLAS is fastest here on 8 x 14 pieces
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -46,25 +50,43 @@ def _rows_in(x: np.ndarray, lo: float, hi: float, within: slice | None = None) -
     return slice(start, max(start, stop))
 
 
+@functools.lru_cache(maxsize=512)
+def _derivative_rows(key: bytes, e1_ev: float, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of larch's smoothed derivative for the first estimate ``e1_ev``."""
+    e = np.frombuffer(key, dtype=np.float64)
+    rows = slice(start, stop)
+    operator, window = larch_smoothed_derivative(e, e0_ev=e1_ev)
+    out = np.zeros((rows.stop - rows.start, e.size))
+    lo, hi = max(rows.start, window.start), min(rows.stop, window.stop)
+    if hi > lo:
+        out[lo - rows.start : hi - rows.start] = operator[lo - window.start : hi - window.start]
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class AttributePlan:
     """Precomputed operators of the attribute kernel (see the module docstring).
 
-    Row slices index ``lin_rows``; ``*_rows`` slices index the energy grid.
+    Row indices and slices named ``*_coefs``/``*_row``/``lcf``/``deriv`` index the stacked
+    projection; ``*_rows`` slices index the energy grid.
     """
 
     normalization: NormalizationPlan
     e0_ev: float
-    n_energies: int
-    #: Stacked projection, shape (n_linear, n_energies).
-    lin_rows: np.ndarray
+    energies_ev: np.ndarray
+    #: The energy-independent part of the stacked projection, shape (n_static, n_energies).
+    static_rows: np.ndarray
     pre_coefs: slice  # (a, b) of the pre-edge line
     post_coefs: slice  # post-edge polynomial, increasing powers
     sum_row: int  # sum of mu
     xsum_row: int  # sum of (x - mean x) mu
-    deriv: slice | None  # smoothed derivative at deriv_x
     lcf: slice | None  # projections onto the references (not normalised)
+    deriv: slice | None  # smoothed derivative at deriv_x (after the static rows)
+    #: Grid rows of the edge-energy search (interior points only) and their x = E - e0.
+    deriv_rows: slice
     deriv_x: np.ndarray
+    #: 1 / (E[i+1] - E[i-1]) for the raw derivative (larch's first estimate) on deriv_rows.
+    deriv_inv_span: np.ndarray
     half_rows: slice
     half_x: np.ndarray
     wl_rows: slice
@@ -79,10 +101,40 @@ class AttributePlan:
     #: Per reference: sum over the fit rows, and sum of x times it (to subtract the pre-edge line).
     ref_sums: np.ndarray | None
     ref_xsums: np.ndarray | None
+    _projections: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def can_normalize(self) -> bool:
         return self.normalization.can_normalize
+
+    @property
+    def n_energies(self) -> int:
+        return self.energies_ev.size
+
+    def projection(self, k1: int) -> np.ndarray:
+        """The stacked projection for pixels whose raw derivative peaks at ``deriv_rows[k1]``.
+
+        float32, shape (n_static + n_deriv, n_energies); built once per ``k1`` (thread-safe).
+        """
+        proj = self._projections.get(k1)
+        if proj is None:
+            with self._lock:
+                proj = self._projections.get(k1)
+                if proj is None:
+                    if self.deriv is None:
+                        proj = self.static_rows
+                    else:
+                        e1 = float(self.energies_ev[self.deriv_rows.start + k1])
+                        rows = _derivative_rows(
+                            self.energies_ev.tobytes(),
+                            e1,
+                            self.deriv_rows.start,
+                            self.deriv_rows.stop,
+                        )
+                        proj = _f32(np.concatenate([self.static_rows, rows], axis=0))
+                    self._projections[k1] = proj
+        return proj
 
 
 @functools.lru_cache(maxsize=32)
@@ -91,20 +143,15 @@ def _cached_core(key: bytes, e0_ev: float, windows: EdgeWindows) -> dict:
     n = e.size
     x = e - e0_ev
     norm = plan_normalization(e, e0_ev=e0_ev, windows=windows)
-    blocks: list[np.ndarray] = [norm.pre_rows, norm.post_rows]
     xc = x - x.mean()
-    blocks.append(np.ones((1, n)))
-    blocks.append(xc[None, :])
-    deriv_x = np.zeros(0)
-    if n >= 4:
-        operator, window = larch_smoothed_derivative(e, e0_ev=e0_ev)
-        rows = _rows_in(x, *windows.edge, within=window)
-        local = slice(rows.start - window.start, rows.stop - window.start)
-        if rows.stop - rows.start >= 3:
-            blocks.append(operator[local])
-            deriv_x = x[rows]
-    half_rows = _rows_in(x, *windows.edge)
-    wl_rows = _rows_in(x, *windows.white_line)
+    static = [norm.pre_rows, norm.post_rows, np.ones((1, n)), xc[None, :]]
+    deriv_rows = _rows_in(x, *windows.edge, within=slice(1, max(1, n - 1)))
+    if deriv_rows.stop - deriv_rows.start < 3:
+        deriv_rows = slice(0, 0)
+    dr = deriv_rows
+    inv_span = (
+        1.0 / (e[dr.start + 1 : dr.stop + 1] - e[dr.start - 1 : dr.stop - 1]) if dr.stop else []
+    )
     pre = norm.pre
     n_pre = pre.stop - pre.start
     pre_residual = None
@@ -119,10 +166,14 @@ def _cached_core(key: bytes, e0_ev: float, windows: EdgeWindows) -> dict:
             cols = np.flatnonzero(np.any(resid[out_rows] != 0, axis=0))
             in_rows = slice(int(cols.min()), int(cols.max()) + 1)
             savgol_blocks.append((out_rows, in_rows, _f32(resid[out_rows, in_rows])))
+    half_rows = _rows_in(x, *windows.edge)
+    wl_rows = _rows_in(x, *windows.white_line)
     return {
         "normalization": norm,
-        "blocks": blocks,
-        "deriv_x": _f32(deriv_x),
+        "static": static,
+        "deriv_rows": deriv_rows,
+        "deriv_x": _f32(x[deriv_rows]),
+        "deriv_inv_span": _f32(np.asarray(inv_span).reshape(-1, 1)),
         "half_rows": half_rows,
         "half_x": _f32(x[half_rows]),
         "wl_rows": wl_rows,
@@ -151,37 +202,49 @@ def plan_attributes(
     """
     e = check_energies(energies_ev)
     windows = windows or EdgeWindows()
-    core = _cached_core(e.tobytes(), float(e0_ev), windows)
-    blocks = list(core["blocks"])
-    sizes = [b.shape[0] for b in blocks]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    has_deriv = core["deriv_x"].size > 0
+    if not references:
+        return _cached_plan(e.tobytes(), float(e0_ev), windows)
+    return _build_plan(e, float(e0_ev), windows, references)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_plan(key: bytes, e0_ev: float, windows: EdgeWindows) -> AttributePlan:
+    return _build_plan(np.frombuffer(key, dtype=np.float64), e0_ev, windows, None)
+
+
+def _build_plan(e: np.ndarray, e0_ev: float, windows: EdgeWindows, references) -> AttributePlan:
+    core = _cached_core(e.tobytes(), e0_ev, windows)
+    blocks = list(core["static"])
     refs = ref_sums = ref_xsums = None
     lcf = None
+    n_static = sum(b.shape[0] for b in blocks)
     if references:
         x = e - e0_ev
         rows = _rows_in(x, *windows.lcf)
         refs = reference_set(e, references, rows=rows)
         lin = np.zeros((len(refs.names), e.size))
         lin[:, rows] = refs.spectra
-        start = int(offsets[-1])
         blocks.append(lin)
-        lcf = slice(start, start + len(refs.names))
+        lcf = slice(n_static, n_static + len(refs.names))
+        n_static += len(refs.names)
         ref_sums = _f32(refs.spectra.sum(axis=1))
         ref_xsums = _f32(refs.spectra @ x[rows])
-    lin_rows = _f32(np.concatenate(blocks, axis=0))
+    n_post = core["normalization"].post_rows.shape[0]
+    n_deriv = core["deriv_rows"].stop - core["deriv_rows"].start
     return AttributePlan(
         normalization=core["normalization"],
-        e0_ev=float(e0_ev),
-        n_energies=e.size,
-        lin_rows=lin_rows,
+        e0_ev=e0_ev,
+        energies_ev=e,
+        static_rows=_f32(np.concatenate(blocks, axis=0)),
         pre_coefs=slice(0, 2),
-        post_coefs=slice(int(offsets[1]), int(offsets[2])),
-        sum_row=int(offsets[2]),
-        xsum_row=int(offsets[3]),
-        deriv=slice(int(offsets[4]), int(offsets[5])) if has_deriv else None,
+        post_coefs=slice(2, 2 + n_post),
+        sum_row=2 + n_post,
+        xsum_row=3 + n_post,
         lcf=lcf,
+        deriv=slice(n_static, n_static + n_deriv) if n_deriv else None,
+        deriv_rows=core["deriv_rows"],
         deriv_x=core["deriv_x"],
+        deriv_inv_span=core["deriv_inv_span"],
         half_rows=core["half_rows"],
         half_x=core["half_x"],
         wl_rows=core["wl_rows"],

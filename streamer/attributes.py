@@ -157,15 +157,13 @@ def _half_crossing(plan, mu, a, b, jump, cols):
 
 
 def _r_squared(plan: AttributePlan, mu, lin, b) -> np.ndarray:
-    m = mu.shape[1]
-    ss_res = np.zeros(m, dtype=np.float32)
-    ss_dev = np.zeros(m, dtype=np.float32)
-    ref = mu[plan.ref_row]
+    scratch = np.empty_like(mu)
     for out_rows, in_rows, op in plan.savgol_blocks:
-        r = op @ mu[in_rows]
-        ss_res += np.einsum("ij,ij->j", r, r)
-        d = mu[out_rows] - ref
-        ss_dev += np.einsum("ij,ij->j", d, d)
+        np.matmul(op, mu[in_rows], out=scratch[out_rows])
+    ss_res = np.einsum("ij,ij->j", scratch, scratch)
+    ref = mu[plan.ref_row]
+    np.subtract(mu, ref, out=scratch)
+    ss_dev = np.einsum("ij,ij->j", scratch, scratch)
     n = plan.n_energies
     sum_d = lin[plan.sum_row] - n * ref
     ss_tot = ss_dev - 2 * b * lin[plan.xsum_row] + b * b * np.float32(plan.sum_xc2)
@@ -173,52 +171,87 @@ def _r_squared(plan: AttributePlan, mu, lin, b) -> np.ndarray:
     return 1 - ss_res / ss_tot
 
 
-def _kernel(plan: AttributePlan, mu: np.ndarray, out: dict[str, np.ndarray], sl: slice):
-    """All attributes for the pixels ``sl`` (columns of ``mu``), written into ``out``.
+def _sorted_projection(plan: AttributePlan, src: np.ndarray, mu: np.ndarray):
+    """Copy ``src`` into ``mu`` grouped by larch's first edge estimate, and project it.
 
-    Returns ``name -> count`` of finite pixels whose feature lies on the edge of its window.
+    Returns the stacked projection ``(n_rows, m)`` of the reordered pixels and the order
+    (``mu[:, j]`` is ``src[:, order[j]]``), or ``None`` for the order when there are no
+    derivative rows (then ``mu`` is a plain copy).
+    """
+    if plan.deriv is None:
+        np.copyto(mu, src, casting="same_kind")
+        return plan.static_rows @ mu, None
+    dr = plan.deriv_rows
+    raw = src[dr.start + 1 : dr.stop + 1] - src[dr.start - 1 : dr.stop - 1]
+    raw *= plan.deriv_inv_span
+    first, _ = rows_argmax(raw)
+    keys = first.astype(np.uint8) if raw.shape[0] < 256 else first
+    order = np.argsort(keys, kind="stable")  # a radix sort for small integer keys
+    counts = np.bincount(first, minlength=raw.shape[0])
+    np.take(src.astype(np.float32, copy=False), order, axis=1, out=mu, mode="clip")
+    lin = None
+    start = 0
+    for k in np.flatnonzero(counts):
+        stop = start + int(counts[k])
+        proj = plan.projection(int(k))
+        if lin is None:
+            lin = np.empty((proj.shape[0], mu.shape[1]), dtype=np.float32)
+        np.matmul(proj, mu[:, start:stop], out=lin[:, start:stop])
+        start = stop
+    return lin, order
+
+
+def _kernel(plan: AttributePlan, src: np.ndarray, buf: np.ndarray, out: dict, sl: slice):
+    """All attributes for the pixels ``sl`` (columns ``src`` of the cube), written into ``out``.
+
+    ``buf`` is this thread's scratch of shape ``(n_energies, >= m)``. Returns ``name -> count``
+    of finite pixels whose feature lies on the edge of its window.
     """
     with np.errstate(all="ignore"):
-        if mu.dtype != np.float32:
-            mu = mu.astype(np.float32)
-        m = mu.shape[1]
+        m = src.shape[1]
+        mu = buf[:, :m]
         cols = np.arange(m)
-        lin = plan.lin_rows @ mu
+        lin, order = _sorted_projection(plan, src, mu)
+        values = {}
         # the sum row weighs every energy: any NaN or inf in a spectrum makes it non-finite
         finite = np.isfinite(lin[plan.sum_row])
-        out["_finite"][sl] = finite
+        values["_finite"] = finite
         hits = {}
         a, b = lin[0], lin[1]
         x_edge = np.zeros(m, dtype=np.float32)
         if plan.deriv is not None:
-            x_edge, _, hit = _peak(plan.deriv_x, lin[plan.deriv], cols)
-            out["e0_deriv"][sl] = plan.e0_ev + x_edge
-            hits["e0_deriv"] = hit
+            x_edge, _, hits["e0_deriv"] = _peak(plan.deriv_x, lin[plan.deriv], cols)
+            values["e0_deriv"] = plan.e0_ev + x_edge
         post = lin[plan.post_coefs]
         jump = post[-1].copy()
         for c in post[-2::-1]:
             jump *= x_edge
             jump += c
-        out["edge_jump"][sl] = jump
+        values["edge_jump"] = jump
         if plan.half_rows.stop - plan.half_rows.start >= 2:
             x_half, hits["e0_half"] = _half_crossing(plan, mu, a, b, jump, cols)
-            out["e0_half"][sl] = plan.e0_ev + x_half
+            values["e0_half"] = plan.e0_ev + x_half
         if plan.wl_x.size >= 3:
             y = mu[plan.wl_rows] - b * plan.wl_x[:, None]
             x_wl, top, hits["white_line_energy"] = _peak(plan.wl_x, y, cols)
-            out["white_line_energy"][sl] = plan.e0_ev + x_wl
-            out["white_line_height"][sl] = (top - a) / jump
+            values["white_line_energy"] = plan.e0_ev + x_wl
+            values["white_line_height"] = (top - a) / jump
         if plan.pre_residual is not None:
             r = plan.pre_residual @ mu[plan.pre_rows]
             dof = np.float32(r.shape[0] - 2)
-            out["pre_edge_noise"][sl] = np.sqrt(np.einsum("ij,ij->j", r, r) / dof) / jump
+            values["pre_edge_noise"] = np.sqrt(np.einsum("ij,ij->j", r, r) / dof) / jump
         if plan.savgol_blocks:
-            out["r_squared"][sl] = _r_squared(plan, mu, lin, b)
+            values["r_squared"] = _r_squared(plan, mu, lin, b)
         if plan.references is not None:
             proj = lin[plan.lcf] - plan.ref_sums[:, None] * a - plan.ref_xsums[:, None] * b
             weights = nnls_all_subsets(plan.references, proj / jump)
             for name, w in zip(plan.references.names, weights, strict=True):
-                out[f"frac_{name}"][sl] = w
+                values[f"frac_{name}"] = w
+        for name, v in values.items():
+            if order is None:
+                out[name][sl] = v
+            else:
+                out[name][sl][order] = v
         return {k: int(np.count_nonzero(v & finite)) for k, v in hits.items()}
 
 
@@ -302,14 +335,12 @@ def compute_attributes(
     local = threading.local()
 
     def run(sl: slice) -> dict[str, int]:
-        # Copy the chunk into this thread's contiguous buffer; the padding keeps rows off
-        # power-of-two strides, which alias in the caches (a 2048 x 2048 cube has them).
+        # Each chunk is copied into this thread's contiguous buffer; the padding keeps its rows
+        # off power-of-two strides, which alias in the caches (a 2048 x 2048 cube has them).
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = np.empty((e.size, min(chunk, n_pix) + _PAD), dtype=np.float32)
-        view = buf[:, : sl.stop - sl.start]
-        np.copyto(view, mu[:, sl], casting="same_kind")
-        return _kernel(plan, view, out, sl)
+        return _kernel(plan, mu[:, sl], buf, out, sl)
 
     workers = min(n_threads, len(bounds))
     with _blas_single_thread():
