@@ -59,7 +59,8 @@ class RunContext:
             "plan_name": self.plan_name,
             "mode": self.mode,
             "energy_index": energy_index,
-            "n_energies": self.n_energies,
+            # unknown (0) until the end of a run whose start document planned no energies
+            "n_energies": self.n_energies or None,
         }
 
 

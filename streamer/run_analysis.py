@@ -316,7 +316,7 @@ class RunAnalysis:
         self.cube.finalize()
         self._report_cube_counters()
         if self.ctx.n_energies == 0:
-            self.ctx.n_energies = len(self.cube.energies_)
+            self.ctx.n_energies = int(np.count_nonzero(self.cube.ready_)) or len(self.cube.energies_)
         ev = self.evaluate(final=True, aborted=aborted)
         if aborted:
             self.note_problem(f"scan aborted: exit_status={exit_status} {reason}".strip())
