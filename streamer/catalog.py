@@ -27,6 +27,7 @@ import copy
 import logging
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,18 @@ def _serialization_registry():
     return registry
 
 
+@contextmanager
+def _quiet_alembic():
+    """Silence alembic's INFO lines (schema checks on every open) while a catalog opens."""
+    alembic_logger = logging.getLogger("alembic")
+    level = alembic_logger.level
+    alembic_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        alembic_logger.setLevel(level)
+
+
 def _initialize_database(uri: str) -> None:
     """Create tiled's catalog tables in a new SQLite file and stamp its schema revision.
 
@@ -221,30 +234,35 @@ def open_catalog(
         )
         raise CatalogUnreadableError(layout.directory, reason)
     try:
-        from tiled.catalog import from_uri
-        from tiled.client import from_context
-        from tiled.client.context import Context
-        from tiled.server.app import build_app
-
-        if not exists:
-            layout.data_dir.mkdir(parents=True, exist_ok=True)
-            logger.info("creating a run catalog in %s", layout.directory)
-        layout.data_dir.mkdir(exist_ok=True)
-        kwargs = layout.catalog_kwargs(readable_storage)
-        if not exists:
-            _initialize_database(kwargs["uri"])
-        tree = from_uri(**kwargs)
-        app = build_app(tree, serialization_registry=_serialization_registry())
-        with warnings.catch_warnings():
-            # tiled's in-process transport is starlette's TestClient; its httpx notice is noise.
-            warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-            context = Context.from_app(app)
-        client = from_context(context)
-        len(client)  # one real query: fails here, not later, on a corrupt database
+        with _quiet_alembic():
+            return _open(layout, exists=exists, readable_storage=readable_storage)
     except CatalogError:
         raise
     except Exception as err:
         raise CatalogUnreadableError(layout.directory, f"{type(err).__name__}: {err}") from err
+
+
+def _open(layout: CatalogLayout, *, exists: bool, readable_storage: Iterable[str | Path]):
+    """Build the in-process tiled app over ``layout`` and a client talking to it."""
+    from tiled.catalog import from_uri
+    from tiled.client import from_context
+    from tiled.client.context import Context
+    from tiled.server.app import build_app
+
+    if not exists:
+        logger.info("creating a run catalog in %s", layout.directory)
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = layout.catalog_kwargs(readable_storage)
+    if not exists:
+        _initialize_database(kwargs["uri"])
+    tree = from_uri(**kwargs)
+    app = build_app(tree, serialization_registry=_serialization_registry())
+    with warnings.catch_warnings():
+        # tiled's in-process transport is starlette's TestClient; its httpx notice is noise.
+        warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+        context = Context.from_app(app)
+    client = from_context(context)
+    len(client)  # one real query: fails here, not later, on a corrupt database
     return client
 
 
