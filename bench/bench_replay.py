@@ -58,11 +58,11 @@ def _frames(docs) -> list[np.ndarray]:
 
 
 def run(*, quick: bool = False) -> dict:
+    import zarr  # noqa: F401  (imported before timing: the direct path's first call needs it)
+
     from streamer.archive import Archiver
     from streamer.catalog import lookup_run, open_catalog
     from streamer.replay_source import documents_from_arrays, documents_from_export
-
-    import zarr  # noqa: F401  (imported before timing: the direct path's first call needs it)
 
     n_runs, n_frames, shape = (1, 8, (128, 128)) if quick else (2, 60, (512, 512))
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
