@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from streamer.learning import CampaignModel
 from streamer.run_analysis import DecisionPolicy, Evaluation, RunAnalysis, RunInfo
@@ -132,7 +133,9 @@ class AnalysisSession:
         cluster_map = None
         new_clusters: list = []
         if complete:
-            inside = (ev.labels.ravel() > 0) & ev.valid_pixels
+            # particle rims (thin, partial-volume pixels) bias edge energies: learn from interiors
+            interior = ndimage.binary_erosion(ev.labels > 0) | _small_particles(ev.labels)
+            inside = interior.ravel() & ev.valid_pixels
             pixel = self.campaign.observe_field(info.fov_key, ev.attributes, inside)
             cluster_map = np.asarray(pixel.cluster_map)
             new_clusters = list(pixel.new_clusters)
@@ -232,6 +235,14 @@ class AnalysisSession:
         if self.checkpoint is not None:
             self.campaign.save(self.checkpoint)
         self.write_report()
+
+
+def _small_particles(labels: np.ndarray, max_area_px: int = 60) -> np.ndarray:
+    """Pixels of particles too small to lose their rim (kept whole)."""
+    area = np.bincount(labels.ravel())
+    small = area <= max_area_px
+    small[0] = False
+    return small[labels]
 
 
 def _jsonable_fields(obj: Any) -> dict[str, Any]:
