@@ -168,6 +168,7 @@ class CampaignModel:
         max_population: int = 100_000,
         drift_threshold: float = 4.0,
         drift_delta: float = 0.5,
+        consolidate: bool = True,
     ) -> None:
         weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         self.attributes = tuple(attributes)
@@ -196,6 +197,7 @@ class CampaignModel:
             "max_population": int(max_population),
             "drift_threshold": float(drift_threshold),
             "drift_delta": float(drift_delta),
+            "consolidate": bool(consolidate),
         }
         self._w = np.array([self.weights[a] for a in self.pixel_attributes])
         self.scaler = RunningScaler(len(self.pixel_attributes), method=scaler, clip=clip, seed=seed)
@@ -281,6 +283,8 @@ class CampaignModel:
             Z = self.scaler.transform(X[ok]) * self._w
             for sp in self.clusters.fit_field(Z):
                 events.append(self._new_cluster_event(fov_key, sp))
+            if self._options["consolidate"]:
+                self.clusters.consolidate(self.scaler.transform(self.scaler.reservoir_) * self._w)
             self.pixel_fields_.append(str(fov_key))
             self.new_cluster_events_.extend(events)
         cluster_map = np.full(valid.size, -1, dtype=np.int16)

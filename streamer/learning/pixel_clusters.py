@@ -290,6 +290,45 @@ class OnlinePixelClusters:
         self.n_assigned_ = np.append(self.n_assigned_, float(count))
         return centers.shape[0] - 1
 
+    def consolidate(self, sample: np.ndarray, *, max_iter: int = 10, tol: float = 1e-4) -> int:
+        """Refine the centres by Lloyd iterations on a sample of the whole campaign so far.
+
+        ``sample`` is a uniform sample of every pixel learned (the scaler's reservoir, in the
+        current coordinates). Each centre moves to the mean of the sample pixels nearest to it,
+        starting from where it is, so ids keep their meaning; a centre with no sample pixel
+        stays put (no relocation, unlike :class:`~sklearn.cluster.KMeans`). This corrects what
+        the first fields taught the mini-batch updates when later fields show the structure
+        of the campaign better. Returns the iterations run.
+        """
+        if self._est is None or sample.shape[0] == 0:
+            return 0
+        sample = np.asarray(sample, dtype=np.float64)
+        sample = sample[np.isfinite(sample).all(axis=1)]
+        centers = self._est.cluster_centers_.copy()
+        k = centers.shape[0]
+        n_iter = 0
+        while n_iter < max_iter:
+            n_iter += 1
+            labels = np.argmin(_squared_distances(sample, centers), axis=1)
+            counts = np.bincount(labels, minlength=k)
+            sums = np.zeros_like(centers)
+            np.add.at(sums, labels, sample)
+            moved = counts > 0
+            new = centers.copy()
+            new[moved] = sums[moved] / counts[moved, None]
+            shift = float(np.abs(new - centers).max())
+            centers = new
+            if shift < tol:
+                break
+        self._est.cluster_centers_ = np.ascontiguousarray(centers)
+        labels = np.argmin(_squared_distances(sample, centers), axis=1)
+        d2 = _squared_distances(sample, centers)[np.arange(labels.size), labels]
+        counts = np.bincount(labels, minlength=k)
+        ms = np.bincount(labels, weights=d2, minlength=k) / np.maximum(counts, 1)
+        has = counts > 0
+        self.sq_sum_[has] = ms[has] * np.maximum(self.n_assigned_[has], 1.0)
+        return n_iter
+
     def rebase(self, ratio: np.ndarray, offset: np.ndarray) -> None:
         """Move the centres to new coordinates ``z_new = z_old * ratio + offset`` (per feature)."""
         if self._est is None:
