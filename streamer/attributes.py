@@ -57,7 +57,12 @@ from streamer.attribute_plan import AttributePlan, plan_attributes
 from streamer.edge_operators import parabola_vertex, rows_argmax
 from streamer.lcf import nnls_all_subsets
 from streamer.normalize import EdgeWindows, check_energies, estimate_e0
-from streamer.provisional import ATTRIBUTE_NAMES, attribute_requirements, attribute_validity
+from streamer.provisional import (
+    ATTRIBUTE_NAMES,
+    NEEDS_NORMALIZATION,
+    attribute_requirements,
+    attribute_validity,
+)
 
 __all__ = ["ATTRIBUTE_NAMES", "AttributeResult", "compute_attributes"]
 
@@ -295,8 +300,9 @@ def compute_attributes(
     Returns
     -------
     AttributeResult
-        ``provisional`` is True if a planned energy is missing, or, without a plan, while the
-        post-edge window has too few points and the provisional flat post-edge is used.
+        ``provisional`` is True if a planned energy is missing, or while the post-edge window has
+        too few points and the provisional flat post-edge is used (then the attributes that
+        depend on the edge jump are not ``valid``, though their provisional values are given).
 
     Examples
     --------
@@ -358,9 +364,14 @@ def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> 
     windows = plan.normalization.windows
     requirements = attribute_requirements(plan.e0_ev, windows=windows, references=ref_names)
     valid = attribute_validity(e, requirements, planned_energies_ev=planned)
-    if not plan.can_normalize:
+    missing = 0
+    if planned is not None:
+        missing = np.setdiff1d(np.round(np.asarray(planned, float), 3), np.round(e, 3)).size
+    # the provisional flat post-edge is a placeholder, unless the planned grid has no more
+    flat_placeholder = plan.normalization.provisional and (planned is None or missing > 0)
+    if not plan.can_normalize or flat_placeholder:
         for name in names:
-            if name not in ("e0_deriv", "r_squared"):
+            if name in NEEDS_NORMALIZATION or name.startswith("frac_"):
                 valid[name] = False
     ok = finite.copy()
     if plan.can_normalize:
@@ -378,10 +389,7 @@ def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> 
         logger.debug("attributes not determined for some pixels: %s", failures)
     if "white_line_energy" in at_edge:
         at_edge["white_line_height"] = at_edge["white_line_energy"]
-    provisional = plan.normalization.provisional
-    if planned is not None:
-        missing = np.setdiff1d(np.round(np.asarray(planned, float), 3), np.round(e, 3))
-        provisional = provisional or missing.size > 0
+    provisional = flat_placeholder or missing > 0
     return AttributeResult(
         values=out,
         valid=valid,

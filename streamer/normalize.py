@@ -60,8 +60,9 @@ class EdgeWindows:
     post : (float, float)
         Post-edge polynomial fit (inclusive limits).
     nnorm : int or None
-        Degree of the post-edge polynomial; ``None`` chooses like larch from the span of the points
-        present: 2 if it is 300 eV or more, 1 if 30 eV or more, else 0.
+        Degree of the post-edge polynomial; ``None`` chooses from the span of the points present:
+        2 if it is 300 eV or more (as larch), 1 if 100 eV or more (larch: 30 eV; a line through a
+        short window far from the edge extrapolates badly while a scan is still arriving), else 0.
     min_post_points : int
         Fewer post-edge points than this gives the provisional flat post-edge.
     provisional_post_start : float

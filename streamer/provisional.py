@@ -17,7 +17,12 @@ import numpy as np
 
 from streamer.normalize import EdgeWindows
 
-__all__ = ["ATTRIBUTE_NAMES", "attribute_requirements", "attribute_validity"]
+__all__ = [
+    "ATTRIBUTE_NAMES",
+    "NEEDS_NORMALIZATION",
+    "attribute_requirements",
+    "attribute_validity",
+]
 
 #: Attribute names (the contract in docs/architecture.md), besides the optional ``frac_<ref>``.
 ATTRIBUTE_NAMES: tuple[str, ...] = (
@@ -30,8 +35,15 @@ ATTRIBUTE_NAMES: tuple[str, ...] = (
     "r_squared",
 )
 
-#: Extra energy (eV) past the provisional post-edge start that a usable edge jump needs.
-_JUMP_MARGIN_EV = 10.0
+#: Attributes that depend on the edge jump (besides ``frac_<ref>``): valid only once the post-edge
+#: window holds ``EdgeWindows.min_post_points`` energies (not the provisional flat post-edge, which
+#: for LiCoO2 sits in the dip after the white line, about 20 % low).
+NEEDS_NORMALIZATION: tuple[str, ...] = (
+    "edge_jump",
+    "e0_half",
+    "white_line_height",
+    "pre_edge_noise",
+)
 
 
 def _union(*intervals: tuple[float, float]) -> tuple[float, float]:
@@ -55,16 +67,17 @@ def attribute_requirements(
     -------
     dict
         ``name -> (low, high)``: the energies present must reach down to ``low`` and up to
-        ``high``.
+        ``high``. Attributes in :data:`NEEDS_NORMALIZATION` (and ``frac_<ref>``) also need
+        ``min_post_points`` energies in the post-edge window, which the normalisation plan knows.
 
     Examples
     --------
     >>> req = attribute_requirements(7722.0)
     >>> req["e0_deriv"], req["edge_jump"]
-    ((7704.0, 7737.0), (7697.0, 7762.0))
+    ((7704.0, 7737.0), (7697.0, 7772.0))
     """
     w = windows or EdgeWindows()
-    jump = (w.pre[1], w.provisional_post_start + _JUMP_MARGIN_EV)
+    jump = (w.pre[1], w.post[0])
     rel = {
         "edge_jump": jump,
         "e0_half": _union(w.edge, jump),
