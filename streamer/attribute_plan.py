@@ -18,6 +18,7 @@ cached), and the kernel groups pixels by their ``e1``.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from streamer.lcf import ReferenceSet, reference_set
 from streamer.normalize import EdgeWindows, NormalizationPlan, check_energies, plan_normalization
 
 __all__ = ["AttributePlan", "plan_attributes"]
+
+logger = logging.getLogger(__name__)
 
 #: Savitzky-Golay smoother of the R^2 model: half width (points) and degree.
 SAVGOL_HALF_WIDTH = 3
@@ -212,6 +215,34 @@ def _cached_plan(key: bytes, e0_ev: float, windows: EdgeWindows) -> AttributePla
     return _build_plan(np.frombuffer(key, dtype=np.float64), e0_ev, windows, None)
 
 
+def _renormalized(references, e0_ev: float, windows: EdgeWindows) -> dict:
+    """References normalised with the same windows as the data, where their grid allows it.
+
+    The fractions are only meaningful if references and pixels share one normalisation; a
+    reference that does not cover the pre- and post-edge windows is used as given.
+    """
+    out = {}
+    for name, (energies, mu) in references.items():
+        energies = np.asarray(energies, dtype=np.float64)
+        mu = np.asarray(mu, dtype=np.float64)
+        order = np.argsort(energies)
+        energies, mu = energies[order], mu[order]
+        try:
+            plan = plan_normalization(energies, e0_ev=e0_ev, windows=windows)
+        except ValueError:
+            plan = None
+        if plan is None or not plan.can_normalize or plan.provisional:
+            logger.warning(
+                "reference %r does not cover the normalisation windows: used as given", name
+            )
+            out[name] = (energies, mu)
+            continue
+        pre = plan.pre_rows @ mu
+        jump = (plan.post_rows @ mu)[0]
+        out[name] = (energies, (mu - pre[0] - pre[1] * plan.x) / jump)
+    return out
+
+
 def _build_plan(e: np.ndarray, e0_ev: float, windows: EdgeWindows, references) -> AttributePlan:
     core = _cached_core(e.tobytes(), e0_ev, windows)
     blocks = list(core["static"])
@@ -221,7 +252,7 @@ def _build_plan(e: np.ndarray, e0_ev: float, windows: EdgeWindows, references) -
     if references:
         x = e - e0_ev
         rows = _rows_in(x, *windows.lcf)
-        refs = reference_set(e, references, rows=rows)
+        refs = reference_set(e, _renormalized(references, e0_ev, windows), rows=rows)
         lin = np.zeros((len(refs.names), e.size))
         lin[:, rows] = refs.spectra
         blocks.append(lin)
