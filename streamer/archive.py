@@ -200,11 +200,11 @@ class Archiver:
                     del self._producer_desc_run[desc]
         return doc.get("run_start", "?")
 
-    def _count_drop(self, run_uid: str, name: str) -> None:
+    def _count_drop(self, run_uid: str, name: str, n_events: int = 1) -> None:
         with self._cond:
-            self._dropped[run_uid] += 1
+            self._dropped[run_uid] += n_events
             n = self._dropped[run_uid]
-        if n == 1 or n % 100 == 0:
+        if n == n_events or n // 100 != (n - n_events) // 100:  # the first, then every 100
             logger.warning(
                 "archive queue full (%d bytes): dropped %d %s document(s) of run %s so far",
                 self.max_queue_bytes,
@@ -240,7 +240,8 @@ class Archiver:
                 )
                 self._cond.notify_all()
         if not accepted:
-            self._count_drop(run_uid, name)
+            n_events = len(doc.get("seq_num", ())) if name == "event_page" else 1
+            self._count_drop(run_uid, name, n_events)
 
     def _has_room(self, nbytes: int) -> bool:
         queued = self._stats.queued_bytes

@@ -59,10 +59,51 @@ def _local_path(uri: str) -> Path | None:
 
 
 def _direct_reader(node, shape: tuple, dtype: np.dtype) -> Callable[[int, int], np.ndarray] | None:
-    """A ``read(start, stop)`` over axis 0 straight from the node's files, or None."""
+    """A ``read(start, stop)`` over axis 0 straight from the node's files, or None.
+
+    Values are cast to the node's dtype, as tiled does, when the file's dtype casts safely.
+    """
     sources = node.data_sources() or []
     if len(sources) != 1:
         return None
+    source = sources[0]
+    assets = sorted(source.assets, key=lambda a: a.num or 0)
+    paths = [_local_path(a.data_uri) for a in assets]
+    if not paths or any(p is None for p in paths):
+        return None
+
+    def castable(file_dtype) -> bool:
+        return np.can_cast(np.dtype(file_dtype), dtype, "safe")
+
+    if source.mimetype == "application/x-zarr" and len(paths) == 1:
+        import zarr
+
+        array = zarr.open_array(str(paths[0]), mode="r")
+        if tuple(array.shape) == shape and castable(array.dtype):
+            return lambda a, b: np.asarray(array[a:b], dtype=dtype)
+    elif source.mimetype.split(";")[0] == "application/x-hdf5":
+        dataset = source.parameters.get("dataset") or "/entry/data/data"
+        if source.parameters.get("slice") or source.parameters.get("squeeze"):
+            return None
+        sizes, row_shape, ok = [], None, True
+        for path in paths:
+            with _h5_dataset(path, dataset) as ds:
+                sizes.append(ds.shape[0])
+                row_shape = row_shape or tuple(ds.shape[1:])
+                ok = ok and castable(ds.dtype) and tuple(ds.shape[1:]) == row_shape
+        per = _rows_per_row(sum(sizes), row_shape, shape) if ok else None
+        if per is not None:
+            offsets = np.cumsum([0, *sizes])
+            return lambda a, b: (
+                _read_parts(paths, dataset, offsets, a * per, b * per)
+                .reshape((b - a, *shape[1:]))
+                .astype(dtype, copy=False)
+            )
+    elif source.mimetype == "multipart/related;type=application/x-npy" and len(paths) == shape[0]:
+        first = np.load(paths[0], mmap_mode="r")
+        if first.shape == shape[1:] and castable(first.dtype):
+            return lambda a, b: np.stack([np.load(p) for p in paths[a:b]]).astype(dtype, copy=False)
+    return None
     source = sources[0]
     assets = sorted(source.assets, key=lambda a: a.num or 0)
     paths = [_local_path(a.data_uri) for a in assets]

@@ -25,6 +25,7 @@ from streamer.catalog import (
     run_start,
 )
 from streamer.replay_source import (
+    _ArrayRows,
     count_events,
     documents_from_arrays,
     documents_from_export,
@@ -198,6 +199,9 @@ def test_fast_path_equals_json_export_and_what_was_acquired(archived):
 
 def test_direct_file_reads_equal_tiled_array_reads(archived):
     run = lookup_run(archived["client"], archived["xanes"])
+    parts = run.include_data_sources()["primary"].base
+    assert _ArrayRows(parts["cam"]).direct  # zarr written by tiled
+    assert _ArrayRows(parts["ext"]).direct  # npy files written by the detector
     _assert_same_documents(
         list(documents_from_arrays(run, direct=True)),
         list(documents_from_arrays(run, direct=False)),
@@ -295,3 +299,27 @@ def test_batches_stay_under_tiled_first_write_limit(tmp_path):
     assert n * 5 * 512 * 512 * 2 <= 32 << 20 and n >= 1
     with pytest.raises(ValueError, match="100"):
         Archiver(tmp_path / "c", max_batch_bytes=200_000_000)
+
+
+def test_incomplete_run_replays_without_a_stop_document(tmp_path, caplog):
+    from event_model import compose_run
+
+    archiver = Archiver(tmp_path / "c", batch_size=1)
+    run = compose_run()
+    archiver("start", run.start_doc)
+    desc = run.compose_descriptor(
+        name="primary", data_keys={"x": {"source": "s", "dtype": "number", "shape": []}}
+    )
+    archiver("descriptor", desc.descriptor_doc)
+    for i in range(3):
+        archiver("event", desc.compose_event(data={"x": i}, timestamps={"x": 0.0}, seq_num=i + 1))
+    assert archiver.flush(timeout=60)  # no stop document: the run stays open
+    client = archiver.client
+    with caplog.at_level(logging.WARNING, logger="streamer.replay_source"):
+        fast = list(replay_documents(client, run.start_doc["uid"]))
+        slow = list(replay_documents(client, run.start_doc["uid"], method="export"))
+    _assert_same_documents(fast, slow)
+    assert [n for n, _ in fast] == ["start", "descriptor", "event", "event", "event"]
+    assert "no stop document" in caplog.text
+    archiver.close()
+    client.context.close()
