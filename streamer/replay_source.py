@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from .archived_arrays import ArrayRows, event_value
 from .catalog import CatalogError, lookup_run, plain
 
 logger = logging.getLogger(__name__)
@@ -41,176 +39,10 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], Any]
-#: Rows of an array node read per request/file read (rounded to whole rows).
-BLOCK_BYTES = 64 << 20
 
 
 class ReplayError(CatalogError):
     """A run's data could not be read back (names the run, stream and data key)."""
-
-
-# ---------------------------------------------------------------------------- array access
-def _local_path(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-        return None
-    path = Path(unquote(parsed.path))
-    return path if path.exists() else None
-
-
-def _direct_reader(node, shape: tuple, dtype: np.dtype) -> Callable[[int, int], np.ndarray] | None:
-    """A ``read(start, stop)`` over axis 0 straight from the node's files, or None.
-
-    Values are cast to the node's dtype, as tiled does, when the file's dtype casts safely.
-    """
-    sources = node.data_sources() or []
-    if len(sources) != 1:
-        return None
-    source = sources[0]
-    assets = sorted(source.assets, key=lambda a: a.num or 0)
-    paths = [_local_path(a.data_uri) for a in assets]
-    if not paths or any(p is None for p in paths):
-        return None
-
-    def castable(file_dtype) -> bool:
-        return np.can_cast(np.dtype(file_dtype), dtype, "safe")
-
-    if source.mimetype == "application/x-zarr" and len(paths) == 1:
-        import zarr
-
-        array = zarr.open_array(str(paths[0]), mode="r")
-        if tuple(array.shape) == shape and castable(array.dtype):
-            return lambda a, b: np.asarray(array[a:b], dtype=dtype)
-    elif source.mimetype.split(";")[0] == "application/x-hdf5":
-        dataset = source.parameters.get("dataset") or "/entry/data/data"
-        if source.parameters.get("slice") or source.parameters.get("squeeze"):
-            return None
-        sizes, row_shape, ok = [], None, True
-        for path in paths:
-            with _h5_dataset(path, dataset) as ds:
-                sizes.append(ds.shape[0])
-                row_shape = row_shape or tuple(ds.shape[1:])
-                ok = ok and castable(ds.dtype) and tuple(ds.shape[1:]) == row_shape
-        per = _rows_per_row(sum(sizes), row_shape, shape) if ok else None
-        if per is not None:
-            offsets = np.cumsum([0, *sizes])
-            return lambda a, b: (
-                _read_parts(paths, dataset, offsets, a * per, b * per)
-                .reshape((b - a, *shape[1:]))
-                .astype(dtype, copy=False)
-            )
-    elif source.mimetype == "multipart/related;type=application/x-npy" and len(paths) == shape[0]:
-        first = np.load(paths[0], mmap_mode="r")
-        if first.shape == shape[1:] and castable(first.dtype):
-            return lambda a, b: np.stack([np.load(p) for p in paths[a:b]]).astype(dtype, copy=False)
-    return None
-    source = sources[0]
-    assets = sorted(source.assets, key=lambda a: a.num or 0)
-    paths = [_local_path(a.data_uri) for a in assets]
-    if not paths or any(p is None for p in paths):
-        return None
-    mimetype = source.mimetype.split(";")[0]
-    if source.mimetype == "application/x-zarr" and len(paths) == 1:
-        import zarr
-
-        array = zarr.open_array(str(paths[0]), mode="r")
-        if tuple(array.shape) == shape and np.dtype(array.dtype) == dtype:
-            return lambda a, b: np.asarray(array[a:b])
-    elif mimetype == "application/x-hdf5":
-        dataset = source.parameters.get("dataset") or "/entry/data/data"
-        if source.parameters.get("slice") or source.parameters.get("squeeze"):
-            return None
-        sizes, row_shape, ok = [], None, True
-        for path in paths:
-            with _h5_dataset(path, dataset) as ds:
-                sizes.append(ds.shape[0])
-                row_shape = row_shape or tuple(ds.shape[1:])
-                ok = ok and np.dtype(ds.dtype) == dtype and tuple(ds.shape[1:]) == row_shape
-        per = _rows_per_row(sum(sizes), row_shape, shape) if ok else None
-        if per is not None:
-            offsets = np.cumsum([0, *sizes])
-            return lambda a, b: _read_parts(paths, dataset, offsets, a * per, b * per).reshape(
-                (b - a, *shape[1:])
-            )
-    elif source.mimetype == "multipart/related;type=application/x-npy" and len(paths) == shape[0]:
-        first = np.load(paths[0], mmap_mode="r")
-        if first.shape == shape[1:] and first.dtype == dtype:
-            return lambda a, b: np.stack([np.load(p) for p in paths[a:b]])
-    return None
-
-
-def _rows_per_row(n_file_rows: int, file_row: tuple, shape: tuple) -> int | None:
-    """File rows per node row when the node is the file's data regrouped (e.g. frame stacks).
-
-    >>> _rows_per_row(27, (64, 64), (9, 3, 64, 64))
-    3
-    >>> _rows_per_row(27, (64, 64), (4, 3, 64, 64)) is None
-    True
-    """
-    file_size, row_size = (
-        int(np.prod(file_row, dtype=np.int64)),
-        int(np.prod(shape[1:], dtype=np.int64)),
-    )
-    if (
-        file_size == 0
-        or row_size % file_size
-        or tuple(shape[len(shape) - len(file_row) :]) != file_row
-    ):
-        return None
-    per = row_size // file_size
-    return per if n_file_rows == per * shape[0] else None
-
-
-@contextmanager
-def _h5_dataset(path: Path, dataset: str):
-    """Open one HDF5 dataset briefly (never held open: tiled may open the same file)."""
-    import h5py
-
-    with h5py.File(path, "r", locking=False) as f:
-        yield f[dataset]
-
-
-def _read_parts(paths, dataset: str, offsets, start: int, stop: int) -> np.ndarray:
-    pieces = []
-    for path, lo, hi in zip(paths, offsets[:-1], offsets[1:], strict=True):
-        a, b = max(start, lo), min(stop, hi)
-        if a < b:
-            with _h5_dataset(path, dataset) as ds:
-                pieces.append(np.asarray(ds[a - lo : b - lo]))
-    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-
-
-class _ArrayRows:
-    """Rows of one array node, read in cached blocks, directly from files when possible."""
-
-    def __init__(self, node, *, direct: bool = True, block_bytes: int = BLOCK_BYTES):
-        structure = node.structure()
-        self.shape = tuple(structure.shape)
-        self.dtype = np.dtype(structure.data_type.to_numpy_dtype())
-        row_bytes = max(1, int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize)
-        self.block = max(1, block_bytes // row_bytes)
-        reader = _direct_reader(node, self.shape, self.dtype) if direct else None
-        self.direct = reader is not None
-        self._read = reader or (lambda a, b: np.asarray(node[a:b]))
-        self._lo, self._data = 0, np.empty((0, *self.shape[1:]), self.dtype)
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        if stop > self.shape[0] or start < 0:
-            raise IndexError(f"rows {start}:{stop} outside an array of shape {self.shape}")
-        lo, hi = self._lo, self._lo + len(self._data)
-        if not (lo <= start and stop <= hi):
-            self._lo = start
-            self._data = self._read(start, max(stop, min(self.shape[0], start + self.block)))
-            lo = start
-        return self._data[start - lo : stop - lo].copy()
-
-
-def _event_value(rows: _ArrayRows, index: int, datum_shape: list) -> np.ndarray:
-    """The array of datum ``index``: one row (stacked layout) or a run of rows (concat)."""
-    if len(rows.shape) == len(datum_shape) + 1:
-        return rows.rows(index, index + 1)[0]
-    per = int(datum_shape[0]) if datum_shape else 1
-    return rows.rows(index * per, (index + 1) * per)
 
 
 def _builtin(value: Any) -> Any:
@@ -258,7 +90,7 @@ def _stream_plan(stream, stream_name: str, start_uid: str, *, direct: bool):
     data_keys = meta.get("data_keys", {})
     parts = dict(stream.items())
     table = parts.pop("internal").read() if "internal" in parts else None
-    arrays = {k: _ArrayRows(node, direct=direct) for k, node in parts.items()}
+    arrays = {k: ArrayRows(node, direct=direct) for k, node in parts.items()}
     records: dict[int, dict] = {}
     if table is not None:
         keys = [
@@ -340,7 +172,7 @@ def documents_from_arrays(
             for key, rows in arrays.items():
                 shape = list(data_keys.get(key, {}).get("shape") or rows.shape[1:])
                 try:
-                    event["data"][key] = _event_value(rows, index, shape)
+                    event["data"][key] = event_value(rows, index, shape)
                 except Exception as err:
                     raise ReplayError(
                         f"run {start['uid']}: cannot read {stream_name}/{key} event {sn}: {err}"
@@ -382,13 +214,13 @@ def documents_from_export(
     descriptors = {d["uid"]: d for n, d in docs if n == "descriptor"}
     resources = {d["uid"]: d for n, d in docs if n == "stream_resource"}
     # (descriptor uid, data key) -> (stream datum, rows reader)
-    external: dict[tuple[str, str], tuple[dict, _ArrayRows]] = {}
+    external: dict[tuple[str, str], tuple[dict, ArrayRows]] = {}
     for name, doc in docs:
         if name == "stream_datum":
             key = resources[doc["stream_resource"]]["data_key"]
             stream = descriptors[doc["descriptor"]]["name"]
             node = run[stream].base[key]
-            external[(doc["descriptor"], key)] = (doc, _ArrayRows(node, direct=False))
+            external[(doc["descriptor"], key)] = (doc, ArrayRows(node, direct=False))
     desc_of_stream = {}
     for uid, desc in descriptors.items():
         desc_of_stream.setdefault(desc["name"], []).append(uid)
@@ -418,7 +250,7 @@ def documents_from_export(
                     index = (
                         doc["seq_num"] - sdatum["seq_nums"]["start"] + sdatum["indices"]["start"]
                     )
-                    doc["data"][key] = _event_value(rows, index, list(spec.get("shape") or []))
+                    doc["data"][key] = event_value(rows, index, list(spec.get("shape") or []))
                     doc["timestamps"].setdefault(key, doc["time"])
                     filled[key] = True
                 elif spec.get("dtype") == "array" and isinstance(doc["data"].get(key), list):

@@ -15,6 +15,7 @@ from ophyd.sim import NumpySeqHandler, SynSignalWithRegistry, det
 
 from streamer.archive import Archiver
 from streamer.archive_writer import batch_size_for
+from streamer.archived_arrays import ArrayRows
 from streamer.catalog import (
     CatalogUnreadableError,
     RunNotFoundError,
@@ -25,7 +26,6 @@ from streamer.catalog import (
     run_start,
 )
 from streamer.replay_source import (
-    _ArrayRows,
     count_events,
     documents_from_arrays,
     documents_from_export,
@@ -200,8 +200,8 @@ def test_fast_path_equals_json_export_and_what_was_acquired(archived):
 def test_direct_file_reads_equal_tiled_array_reads(archived):
     run = lookup_run(archived["client"], archived["xanes"])
     parts = run.include_data_sources()["primary"].base
-    assert _ArrayRows(parts["cam"]).direct  # zarr written by tiled
-    assert _ArrayRows(parts["ext"]).direct  # npy files written by the detector
+    assert ArrayRows(parts["cam"]).direct  # zarr written by tiled
+    assert ArrayRows(parts["ext"]).direct  # npy files written by the detector
     _assert_same_documents(
         list(documents_from_arrays(run, direct=True)),
         list(documents_from_arrays(run, direct=False)),

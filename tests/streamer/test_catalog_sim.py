@@ -12,10 +12,10 @@ from callbacks.handlers import HANDLER_REGISTRY
 from sim.instrument import SimulatedTXM
 from sim.plans import xanes_scan2
 from streamer.archive import Archiver
+from streamer.archived_arrays import ArrayRows
 from streamer.catalog import lookup_run, open_catalog, run_start
 from streamer.replay_source import (
     ReplayError,
-    _ArrayRows,
     documents_from_arrays,
     documents_from_export,
 )
@@ -128,7 +128,7 @@ def test_external_frames_of_one_stream_are_archived_by_reference(archived):
     uid, acquired = archived["one-stream"]
     node = lookup_run(client, uid).include_data_sources()["primary"].base["Andor_image"]
     assert node.data_sources()[0].mimetype == "application/x-hdf5"  # not copied into the catalog
-    assert _ArrayRows(node).direct  # the detector's HDF5 file is read directly
+    assert ArrayRows(node).direct  # the detector's HDF5 file is read directly
     run = lookup_run(client, uid)
     for docs in (
         documents_from_arrays(run, direct=True),
