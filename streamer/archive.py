@@ -134,12 +134,18 @@ class Archiver:
     **catalog_kwargs
         Passed to :func:`streamer.catalog.connect` (e.g. ``readable_storage``).
 
-    Examples
-    --------
-    >>> archiver = Archiver(catalog_dir)  # doctest: +SKIP
-    >>> RE.subscribe(archiver)  # doctest: +SKIP
-    >>> archiver.flush(); archiver.stats.total_dropped  # doctest: +SKIP
-    0
+    Notes
+    -----
+    Typical use::
+
+        archiver = Archiver("/data/txm-catalog", handler_registry=HANDLER_REGISTRY)
+        RE.subscribe(archiver)
+        ...
+        archiver.close()  # waits until every queued document is written
+        archiver.stats.total_dropped
+
+    ``archiver.client`` stays usable after :meth:`close` (close it with
+    ``archiver.client.context.close()`` when the Archiver opened it).
     """
 
     def __init__(
