@@ -57,6 +57,21 @@ def gradient_matrix(energies_ev: np.ndarray) -> np.ndarray:
     return g
 
 
+def _interpolation_matrix(x: np.ndarray, xnew: np.ndarray) -> np.ndarray:
+    """Matrix ``L`` with ``L @ y == np.interp(xnew, x, y)`` for ascending ``x``."""
+    n = x.size
+    out = np.zeros((xnew.size, n))
+    rows = np.arange(xnew.size)
+    if n == 1:
+        out[:, 0] = 1.0
+        return out
+    j = np.clip(np.searchsorted(x, xnew, side="right") - 1, 0, n - 2)
+    w = np.clip((xnew - x[j]) / (x[j + 1] - x[j]), 0.0, 1.0)
+    out[rows, j] = 1.0 - w
+    out[rows, j + 1] += w
+    return out
+
+
 def lorentzian_smoothing_matrix(x: np.ndarray, *, sigma: float, xstep: float) -> np.ndarray:
     """Matrix form of ``larch.math.smooth(x, y, sigma=sigma, xstep=xstep)`` (Lorentzian).
 
@@ -72,8 +87,7 @@ def lorentzian_smoothing_matrix(x: np.ndarray, *, sigma: float, xstep: float) ->
     xmax = xstep * int((x.max() + npad * xstep) / xstep)
     npts = min(1 + int(abs(xmax - xmin + xstep * 0.1) / xstep), 50 * n)
     x0 = np.linspace(xmin, xmax, npts)
-    eye = np.eye(n)
-    y0 = np.stack([np.interp(x0, x, eye[:, j]) for j in range(n)], axis=1)  # (npts, n)
+    y0 = _interpolation_matrix(x, x0)  # (npts, n), np.interp's: constant beyond the ends
     sig = sigma / xstep
     wx = np.arange(2 * npts, dtype=np.float64)
     win = 1.0 / (1.0 + ((wx - npts) / sig) ** 2)

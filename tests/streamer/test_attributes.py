@@ -13,16 +13,31 @@ from streamer.edge_operators import parabola_vertex, rows_argmax
 E = np.asarray(SEED_ENERGIES_EV, dtype=np.float64)
 
 
+#: Reduction shifts (eV) of the simulated pixels: none, or toward reduced Co (Co2+).
+SHIFTS_EV = (0.0, 2.5, 4.0, 6.0)
+_SOC_GRID = np.linspace(0.0, 1.0, 101)
+
+
 def simulated_od(n: int, *, seed: int = 0, noise_od: float = 0.0):
-    """OD spectra (n_energies, n) of random LiCoO2 chemistry and thickness, and the truth."""
+    """OD spectra (n_energies, n) of random LiCoO2 chemistry and thickness, and the truth.
+
+    The truth (observable ``e0_half`` and white line of the noiseless model) is interpolated along
+    the state of charge from tables on the simulator's fine grid, as the simulator itself does.
+    """
     rng = np.random.default_rng(seed)
     soc = rng.uniform(0.0, 1.0, n)
-    shift = np.where(rng.random(n) < 0.2, rng.uniform(2.5, 6.0, n), 0.0)
+    shift = np.where(rng.random(n) < 0.2, rng.choice(SHIFTS_EV[1:], n), 0.0)
     mu = normalized_mu(E, **recipe_params(soc, shift, 0.0), dtype=np.float64)
     bg, jump = licoo2_mu_per_um(E)
     t = rng.uniform(1.5, 4.0, n)
     od = t * (bg[:, None] + jump[:, None] * mu) + noise_od * rng.standard_normal(mu.shape)
-    return od.astype(np.float32), features_of(soc, shift, 0.0), t
+    truth = {}
+    for sh in SHIFTS_EV:
+        table = features_of(_SOC_GRID, sh, 0.0)
+        sel = shift == sh
+        for k, v in table.items():
+            truth.setdefault(k, np.empty(n))[sel] = np.interp(soc[sel], _SOC_GRID, v)
+    return od.astype(np.float32), truth, t
 
 
 def test_names_dtype_shape_and_validity_of_a_complete_scan():
