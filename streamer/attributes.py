@@ -37,9 +37,10 @@ white-line window, say) is not masked: the value is the window limit, an extreme
 stages see as unusual, and ``at_window_edge`` counts such pixels per attribute.
 
 Speed: pixels are processed in chunks that fit in cache, on ``n_threads`` threads (numpy and BLAS
-release the GIL; BLAS is limited to one thread per worker meanwhile). Each chunk costs one matrix
-product for every linear quantity, a banded product for R^2, and a few passes over the edge and
-white-line windows; there is no Python loop over pixels.
+release the GIL; BLAS is limited to one thread per worker meanwhile). Each chunk costs a few matrix
+products for every linear quantity (one per group of pixels sharing larch's first edge estimate),
+a banded product for R^2, and a few passes over the edge and white-line windows; there is no
+Python loop over pixels (:mod:`streamer.attribute_kernel`).
 """
 
 from __future__ import annotations
@@ -53,9 +54,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamer.attribute_plan import AttributePlan, plan_attributes
-from streamer.edge_operators import parabola_vertex, rows_argmax
-from streamer.lcf import nnls_all_subsets
+from streamer.attribute_kernel import attributes_of_chunk
+from streamer.attribute_plan import plan_attributes
 from streamer.normalize import EdgeWindows, check_energies, estimate_e0
 from streamer.provisional import (
     ATTRIBUTE_NAMES,
@@ -117,147 +117,6 @@ class AttributeResult:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.values)
-
-
-def _gather(rows: np.ndarray, index: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``rows[index[j], j]`` for a C-contiguous ``(n_rows, m)`` array."""
-    return np.take(rows.reshape(-1), index * rows.shape[1] + cols)
-
-
-def _peak(x: np.ndarray, rows: np.ndarray, cols: np.ndarray):
-    """Sub-grid maximum of each column of ``rows`` (sampled at ``x``).
-
-    Returns the vertex position and value, and whether the maximum lies on the first or last
-    row (then the grid point itself is returned).
-    """
-    k, best = rows_argmax(rows)
-    n = rows.shape[0]
-    kc = np.clip(k, 1, n - 2)
-    xv, top = parabola_vertex(
-        x[kc - 1],
-        x[kc],
-        x[kc + 1],
-        _gather(rows, kc - 1, cols),
-        _gather(rows, kc, cols),
-        _gather(rows, kc + 1, cols),
-    )
-    edge = (k == 0) | (k == n - 1)
-    return np.where(edge, x[k], xv), np.where(edge, best, top), edge
-
-
-def _half_crossing(plan, mu, a, b, jump, cols):
-    """Crossing of half the edge jump in the edge window, and whether it is outside the window."""
-    rows = mu[plan.half_rows]
-    n = rows.shape[0]
-    xh = plan.half_x
-    g = rows - (b * xh[:, None] + (a + np.float32(0.5) * jump))
-    below = (g < 0).view(np.uint8).sum(axis=0, dtype=np.uint8 if n < 256 else np.int32)
-    below = below.astype(np.intp)
-    i = np.clip(below, 1, n - 1)
-    g0, g1 = _gather(g, i - 1, cols), _gather(g, i, cols)
-    frac = np.clip(-g0 / (g1 - g0), 0, 1)
-    frac = np.where(below == 0, 0, np.where(below == n, 1, frac))
-    x0 = xh[i - 1]
-    return x0 + frac * (xh[i] - x0), (below == 0) | (below == n)
-
-
-def _r_squared(plan: AttributePlan, mu, lin, b) -> np.ndarray:
-    scratch = np.empty_like(mu)
-    for out_rows, in_rows, op in plan.savgol_blocks:
-        np.matmul(op, mu[in_rows], out=scratch[out_rows])
-    ss_res = np.einsum("ij,ij->j", scratch, scratch)
-    ref = mu[plan.ref_row]
-    np.subtract(mu, ref, out=scratch)
-    ss_dev = np.einsum("ij,ij->j", scratch, scratch)
-    n = plan.n_energies
-    sum_d = lin[plan.sum_row] - n * ref
-    ss_tot = ss_dev - 2 * b * lin[plan.xsum_row] + b * b * np.float32(plan.sum_xc2)
-    ss_tot -= sum_d * sum_d / np.float32(n)
-    return 1 - ss_res / ss_tot
-
-
-def _sorted_projection(plan: AttributePlan, src: np.ndarray, mu: np.ndarray):
-    """Copy ``src`` into ``mu`` grouped by larch's first edge estimate, and project it.
-
-    Returns the stacked projection ``(n_rows, m)`` of the reordered pixels and the order
-    (``mu[:, j]`` is ``src[:, order[j]]``), or ``None`` for the order when there are no
-    derivative rows (then ``mu`` is a plain copy).
-    """
-    if plan.deriv is None:
-        np.copyto(mu, src, casting="same_kind")
-        return plan.static_rows @ mu, None
-    dr = plan.deriv_rows
-    raw = src[dr.start + 1 : dr.stop + 1] - src[dr.start - 1 : dr.stop - 1]
-    raw *= plan.deriv_inv_span
-    first, _ = rows_argmax(raw)
-    keys = first.astype(np.uint8) if raw.shape[0] < 256 else first
-    order = np.argsort(keys, kind="stable")  # a radix sort for small integer keys
-    counts = np.bincount(first, minlength=raw.shape[0])
-    np.take(src.astype(np.float32, copy=False), order, axis=1, out=mu, mode="clip")
-    lin = None
-    start = 0
-    for k in np.flatnonzero(counts):
-        stop = start + int(counts[k])
-        proj = plan.projection(int(k))
-        if lin is None:
-            lin = np.empty((proj.shape[0], mu.shape[1]), dtype=np.float32)
-        np.matmul(proj, mu[:, start:stop], out=lin[:, start:stop])
-        start = stop
-    return lin, order
-
-
-def _kernel(plan: AttributePlan, src: np.ndarray, buf: np.ndarray, out: dict, sl: slice):
-    """All attributes for the pixels ``sl`` (columns ``src`` of the cube), written into ``out``.
-
-    ``buf`` is this thread's scratch of shape ``(n_energies, >= m)``. Returns ``name -> count``
-    of finite pixels whose feature lies on the edge of its window.
-    """
-    with np.errstate(all="ignore"):
-        m = src.shape[1]
-        mu = buf[:, :m]
-        cols = np.arange(m)
-        lin, order = _sorted_projection(plan, src, mu)
-        values = {}
-        # the sum row weighs every energy: any NaN or inf in a spectrum makes it non-finite
-        finite = np.isfinite(lin[plan.sum_row])
-        values["_finite"] = finite
-        hits = {}
-        a, b = lin[0], lin[1]
-        x_edge = np.zeros(m, dtype=np.float32)
-        if plan.deriv is not None:
-            x_edge, _, hits["e0_deriv"] = _peak(plan.deriv_x, lin[plan.deriv], cols)
-            values["e0_deriv"] = plan.e0_ev + x_edge
-        post = lin[plan.post_coefs]
-        jump = post[-1].copy()
-        for c in post[-2::-1]:
-            jump *= x_edge
-            jump += c
-        values["edge_jump"] = jump
-        if plan.half_rows.stop - plan.half_rows.start >= 2:
-            x_half, hits["e0_half"] = _half_crossing(plan, mu, a, b, jump, cols)
-            values["e0_half"] = plan.e0_ev + x_half
-        if plan.wl_x.size >= 3:
-            y = mu[plan.wl_rows] - b * plan.wl_x[:, None]
-            x_wl, top, hits["white_line_energy"] = _peak(plan.wl_x, y, cols)
-            values["white_line_energy"] = plan.e0_ev + x_wl
-            values["white_line_height"] = (top - a) / jump
-        if plan.pre_residual is not None:
-            r = plan.pre_residual @ mu[plan.pre_rows]
-            dof = np.float32(r.shape[0] - 2)
-            values["pre_edge_noise"] = np.sqrt(np.einsum("ij,ij->j", r, r) / dof) / jump
-        if plan.savgol_blocks:
-            values["r_squared"] = _r_squared(plan, mu, lin, b)
-        if plan.references is not None:
-            proj = lin[plan.lcf] - plan.ref_sums[:, None] * a - plan.ref_xsums[:, None] * b
-            weights = nnls_all_subsets(plan.references, proj / jump)
-            for name, w in zip(plan.references.names, weights, strict=True):
-                values[f"frac_{name}"] = w
-        for name, v in values.items():
-            if order is None:
-                out[name][sl] = v
-            else:
-                out[name][sl][order] = v
-        return {k: int(np.count_nonzero(v & finite)) for k, v in hits.items()}
 
 
 def compute_attributes(
@@ -346,7 +205,7 @@ def compute_attributes(
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = np.empty((e.size, min(chunk, n_pix) + _PAD), dtype=np.float32)
-        return _kernel(plan, mu[:, sl], buf, out, sl)
+        return attributes_of_chunk(plan, mu[:, sl], buf, out, sl)
 
     workers = min(n_threads, len(bounds))
     with _blas_single_thread():
