@@ -41,10 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Nominal Co K-edge energy of LiCoO2 (eV), used when neither a hint nor the data give one.
-CO_K_EDGE_LICOO2_EV = 7722.0
-
-
 @dataclass(frozen=True)
 class EdgeWindows:
     """Energy windows of the edge analysis, in eV relative to the nominal edge energy ``E0``.
