@@ -193,6 +193,8 @@ def _configure_logging(verbosity: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    # tiled's HTTP client logs every in-process request at INFO: keep that for -vv
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
