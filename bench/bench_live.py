@@ -1,0 +1,605 @@
+"""The live path: RunEngine slowdown, event-to-alert latency, end-to-end demo throughput.
+
+``runengine_slowdown``
+    Wall time of the same simulated ``xanes_scan2`` run (256x256, the seed study's 106 energies,
+    same sample and seed) with the :class:`callbacks.XanesAnalyzer` subscribed over without,
+    measured side by side in this process, the order rotated each repetition, medians reported.
+    Three ways of subscribing: in this process (the analyzer's worker thread shares the
+    interpreter with the RunEngine), and in another process fed by bluesky's 0MQ ``Publisher`` ->
+    ``Proxy`` -> ``RemoteDispatcher`` with a msgpack serializer (arrays as raw bytes, no
+    pickle). The simulator computes every frame on the RunEngine's thread as fast as it can, a
+    worst case: a beamline waits seconds per energy on hardware. The same comparison is repeated
+    on a *paced* scan, where each camera trigger also waits ``pace_s`` of real time (the
+    RunEngine idle, as when it waits on a detector).
+``alert_latency_p95_s``
+    From the moment the event document that made a decision possible was emitted (the flat of the
+    energy index the alert was decided at, timed by a callback subscribed before the analyzer) to
+    receipt by an :class:`streamer.alerts.AlertSubscriber` in another process, at 512x512 frames
+    (external HDF5 data, as at the beamline), with several planted anomalies per field. Reported
+    unpaced (simulator flat out) and paced.
+``demo_spectra_per_s``, ``demo_wall_s``
+    The default demo (``txm-streamer demo``: 8 fields of 256x256, subscriber process, catalog,
+    report) run as a command: its wall time, and runs x pixels over the time from the first start
+    to the analyzer flushed (from its ``summary.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ("alone", "thread", "remote")
+
+
+# -- msgpack documents (no pickle on the wire) -----------------------------------------------
+def pack_document(doc: dict) -> bytes:
+    """msgpack a bluesky document; numpy arrays travel as dtype, shape and raw bytes."""
+    import msgpack
+
+    return msgpack.packb(doc, default=_encode, use_bin_type=True)
+
+
+def unpack_document(data: bytes) -> dict:
+    """Inverse of :func:`pack_document`."""
+    import msgpack
+
+    return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False)
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            return obj.tolist()
+        arr = np.ascontiguousarray(obj)
+        return {"__ndarray__": [arr.dtype.str, list(arr.shape)], "data": arr.tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (tuple, set, frozenset)):
+        return list(obj)
+    raise TypeError(f"cannot msgpack a {type(obj).__name__}")
+
+
+def _decode(obj: dict) -> Any:
+    spec = obj.get("__ndarray__")
+    if spec is None:
+        return obj
+    return np.frombuffer(obj["data"], dtype=np.dtype(spec[0])).reshape(spec[1])
+
+
+# -- the analyzer in another process ----------------------------------------------------------
+def remote_analyzer_main() -> None:
+    """Child process: a 0MQ proxy, a ``RemoteDispatcher`` and a ``XanesAnalyzer``.
+
+    Protocol on stdout, one JSON line each: ``{"addresses": [in, out]}`` once the proxy is bound,
+    ``{"ready": true}`` at the first ping (a ``start`` document with ``bench_control="ping"``),
+    ``{"flushed": stats}`` after each ``stop`` with ``bench_control="flush"``; a ``stop`` with
+    ``bench_control="exit"`` ends the process.
+    """
+    import asyncio
+
+    from bluesky.callbacks.zmq import Proxy, RemoteDispatcher
+
+    from callbacks import XanesAnalyzer
+
+    logging.basicConfig(level=logging.ERROR)
+    proxy = Proxy("tcp://127.0.0.1", "tcp://127.0.0.1")  # loopback, random ports
+    threading.Thread(target=proxy.start, daemon=True).start()
+    print(json.dumps({"addresses": [proxy.in_port, proxy.out_port]}), flush=True)
+    analyzer = XanesAnalyzer(alerts=None, report=False)
+    dispatcher = RemoteDispatcher(proxy.out_port, deserializer=unpack_document)
+    ready = False
+
+    def route(name: str, doc: dict) -> None:
+        nonlocal ready
+        control = doc.get("bench_control")
+        if control is None:
+            analyzer(name, doc)
+        elif control == "ping" and not ready:
+            ready = True
+            print(json.dumps({"ready": True}), flush=True)
+        elif control == "flush":
+            analyzer.flush()
+            print(json.dumps({"flushed": analyzer.stats, "t": time.time()}), flush=True)
+        elif control == "exit":
+            for task in asyncio.all_tasks(dispatcher.loop):
+                task.cancel()
+
+    dispatcher.subscribe(route)
+    try:
+        dispatcher.start()
+    except asyncio.CancelledError:  # "exit"
+        pass
+    analyzer.close()
+
+
+class RemoteAnalyzer:
+    """The benchmark side of :func:`remote_analyzer_main`: a ``Publisher`` to subscribe."""
+
+    def __init__(self, timeout: float = 120.0) -> None:
+        from bluesky.callbacks.zmq import Publisher
+
+        self.timeout = timeout
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from bench.bench_live import remote_analyzer_main as m; m()"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        in_address, _ = self._expect("addresses")
+        self.publisher = Publisher(in_address, serializer=pack_document)
+        deadline = time.monotonic() + timeout
+        while True:  # PUB drops what it sends before the connection is up: ping until heard
+            self.publisher("start", {"bench_control": "ping"})
+            try:
+                self._expect("ready", timeout=0.1)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+        self.last_stats: dict = {}
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self._lines.put(json.loads(line))
+
+    def _expect(self, key: str, timeout: float | None = None) -> Any:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            try:
+                msg = self._lines.get(timeout=max(deadline - time.monotonic(), 1e-3))
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"remote analyzer exited ({self.proc.returncode})") from None
+                raise TimeoutError(f"remote analyzer: no {key!r} within the timeout") from None
+            if key in msg:
+                return msg[key]
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.publisher(name, doc)
+
+    def flush(self) -> dict:
+        self.publisher("stop", {"bench_control": "flush"})
+        self.last_stats = self._expect("flushed")
+        return self.last_stats
+
+    def close(self) -> None:
+        self.publisher("stop", {"bench_control": "exit"})
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.publisher.close()
+
+
+# -- scans --------------------------------------------------------------------------------------
+def paced(plan, camera, pace_s: float):
+    """``plan`` with ``pace_s`` of real waiting before every trigger of ``camera``."""
+    from bluesky import plan_stubs as bps
+    from bluesky.preprocessors import plan_mutator
+
+    def insert(msg):
+        if msg.command == "trigger" and msg.obj is camera:
+
+            def head():
+                yield from bps.sleep(pace_s)
+                return (yield msg)
+
+            return head(), None
+        return None, None
+
+    return plan_mutator(plan, insert)
+
+
+class ThreadClock:
+    """Subscribed first: CPU time of the RunEngine's thread between ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self.t_start = self.t_stop = 0.0
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "start":
+            self.t_start = time.thread_time()
+        elif name == "stop":
+            self.t_stop = time.thread_time()
+
+    @property
+    def cpu_s(self) -> float:
+        return self.t_stop - self.t_start
+
+
+def scan_once(fov, *, seed: int, callbacks=(), pace_s: float = 0.0, data_dir=None) -> dict:
+    """One ``xanes_scan2`` run of ``fov`` on a fresh simulated TXM and RunEngine; times.
+
+    ``wall_s``: the ``RE(...)`` call; ``cpu_s``: CPU time of this process (all threads) during
+    it; ``re_thread_cpu_s``: CPU time of the RunEngine's thread from start to stop document.
+    """
+    from bluesky import RunEngine
+
+    from sim.instrument import SimulatedTXM
+    from sim.plans import xanes_scan2
+
+    txm = SimulatedTXM(fov=fov, seed=seed, data_dir=data_dir)
+    RE = RunEngine({}, context_managers=[])
+    thread_clock = ThreadClock()
+    RE.subscribe(thread_clock)
+    for cb in callbacks:
+        RE.subscribe(cb)
+    plan = xanes_scan2(txm)
+    if pace_s > 0:
+        plan = paced(plan, txm.Andor, pace_s)
+    t0, c0 = time.perf_counter(), time.process_time()
+    (uid,) = RE(plan)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"uid": uid, "wall_s": wall, "cpu_s": cpu, "re_thread_cpu_s": thread_clock.cpu_s}
+
+
+def measure_slowdown(*, size: int, repeats: int, pace_s: float, seed: int = 11) -> dict:
+    """Median scan wall time per way of subscribing, order rotated every repetition."""
+    from callbacks import XanesAnalyzer
+    from sim.sample import make_field_of_view
+
+    fov = make_field_of_view(
+        shape=(size, size),
+        n_particles=9,
+        anomalies=[{"kind": "reduced"}, {"kind": "white_line"}],
+        seed=seed,
+    )
+    fov.od([7700.0])  # per-pixel tables, once, outside the timings
+    thread = XanesAnalyzer(alerts=None, report=False)
+    remote = RemoteAnalyzer()
+    sinks = {"alone": None, "thread": thread, "remote": remote}
+    times: dict[str, list[dict]] = {c: [] for c in CONFIGS}
+    try:
+        for rep in range(repeats):
+            for k in range(len(CONFIGS)):
+                config = CONFIGS[(rep + k) % len(CONFIGS)]
+                sink = sinks[config]
+                t = scan_once(fov, seed=seed, callbacks=[sink] if sink else [], pace_s=pace_s)
+                t0 = time.perf_counter()
+                if config == "thread":
+                    thread.flush()
+                    stats = thread.stats
+                elif config == "remote":
+                    stats = remote.flush()
+                if sink is not None:  # analysis still running when the scan ended
+                    t["lag_s"] = time.perf_counter() - t0
+                    t["dropped_events_total"] = stats["dropped_events"]
+                times[config].append(t)
+                logger.info("slowdown %s pace %.2f: %s", config, pace_s, _round(t))
+    finally:
+        thread.close()
+        remote.close()
+    med = {c: float(np.median([t["wall_s"] for t in times[c]])) for c in CONFIGS}
+    runs = {c: [_round(t) for t in times[c]] for c in CONFIGS}
+    return {"median_wall_s": med, "runs": runs, "size": size, "pace_s": pace_s}
+
+
+def _round(t: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items() if k != "uid"}
+
+
+# -- latency ------------------------------------------------------------------------------------
+SUBSCRIBER = """
+import json, sys, time
+from streamer.alerts import AlertSubscriber
+endpoint, n_runs, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+summaries, deadline = 0, time.monotonic() + limit
+with AlertSubscriber(endpoint, heartbeat_timeout=60.0) as sub:
+    print(json.dumps({"subscribed": True}), flush=True)
+    while summaries < n_runs and time.monotonic() < deadline:
+        alert = sub.recv(timeout=1.0)
+        if alert is None:
+            continue
+        received = time.time()
+        summaries += alert["kind"] == "scan_summary"
+        particle = alert.get("particle") or {}
+        print(json.dumps({"received": received, "time": alert["time"], "kind": alert["kind"],
+                          "status": alert.get("status"), "run_uid": alert.get("run_uid"),
+                          "particle": particle.get("id"), "energy_index": alert.get("energy_index"),
+                          "provisional": alert.get("provisional")}), flush=True)
+"""
+
+
+class EventClock:
+    """Subscribed before the analyzer: when each ``primary``/``flat`` event of a run was emitted."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, tuple[str, str]] = {}  # descriptor uid -> (run uid, stream)
+        self.times: dict[tuple[str, str, int], float] = {}  # (run, stream, seq_num) -> time
+        self.stops: dict[str, float] = {}
+
+    def __call__(self, name: str, doc: dict) -> None:
+        now = time.time()
+        if name == "event":
+            run, stream = self.streams.get(doc["descriptor"], ("?", "?"))
+            self.times[(run, stream, doc["seq_num"])] = now
+        elif name == "descriptor":
+            self.streams[doc["uid"]] = (doc["run_start"], doc.get("name"))
+        elif name == "stop":
+            self.stops[doc["run_start"]] = now
+
+    def energy_complete(self, run: str, energy_index: int) -> float | None:
+        """When both the sample and the flat of ``energy_index`` had been emitted."""
+        seq = energy_index + 1
+        got = [self.times.get((run, s, seq)) for s in ("primary", "flat")]
+        return max(got) if all(got) else None
+
+
+class _EvaluationTimer:
+    """While active, record when each ``RunAnalysis.evaluate`` call began and ended."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self._original = None
+
+    def __enter__(self) -> _EvaluationTimer:
+        from streamer.run_analysis import RunAnalysis
+
+        original = self._original = RunAnalysis.evaluate
+        records = self.records
+
+        def timed(analysis, *args, **kwargs):
+            t0 = time.time()
+            ev = original(analysis, *args, **kwargs)
+            records.append(
+                {
+                    "run": analysis.info.run_uid,
+                    "begin": t0,
+                    "end": time.time(),
+                    "energy_index": getattr(ev, "energy_index", None),
+                    "final": kwargs.get("final"),
+                }
+            )
+            return ev
+
+        RunAnalysis.evaluate = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from streamer.run_analysis import RunAnalysis
+
+        RunAnalysis.evaluate = self._original
+
+    def began(self, run: str, energy_index: int, *, before: float) -> float | None:
+        """When the evaluation of ``run`` at ``energy_index`` that alerted at ``before`` began."""
+        hits = [
+            r["begin"]
+            for r in self.records
+            if r["run"] == run and r["energy_index"] == energy_index and r["begin"] <= before
+        ]
+        return max(hits) if hits else None
+
+    def durations(self) -> list[float]:
+        return [r["end"] - r["begin"] for r in self.records]
+
+
+def measure_latency(
+    *, size: int, n_fovs: int, pace_s: float, seed: int = 21, anomalies_per_fov: int = 4
+) -> dict:
+    """Event-to-receipt latency of every particle decision, in a subscriber process."""
+    from bluesky import RunEngine
+
+    from callbacks import XanesAnalyzer
+    from sim.instrument import SimulatedTXM
+    from sim.plans import survey
+    from sim.sample import Anomaly, make_survey
+    from streamer.alerts import AlertPublisher
+
+    kinds = [("reduced", "white_line")[i % 2] for i in range(anomalies_per_fov)]
+    specs = [Anomaly(k, fov=f) for f in range(n_fovs) for k in kinds]
+    fovs = make_survey(
+        n_fovs=n_fovs, shape=(size, size), seed=seed, anomalies_per_survey=specs, n_particles=12
+    )
+    for f in fovs:
+        f.od([7700.0])
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
+        publisher = AlertPublisher("tcp://127.0.0.1:*", log_path=Path(tmp) / "alerts.jsonl")
+        child = subprocess.Popen(
+            [sys.executable, "-c", SUBSCRIBER, publisher.endpoint, str(n_fovs), "3600"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        if not publisher.wait_for_subscribers(60.0):
+            child.kill()
+            raise RuntimeError("the subscriber process never subscribed")
+        clock = EventClock()
+        evaluations = _EvaluationTimer()
+        analyzer = XanesAnalyzer(alerts=publisher, report=False)
+        txm = SimulatedTXM(fov=fovs[0], seed=seed, data_dir=Path(tmp) / "frames")
+        RE = RunEngine({}, context_managers=[])
+        RE.subscribe(clock)  # first: sees each document before the analyzer does
+        RE.subscribe(analyzer)
+        plan = survey(txm, fovs)
+        if pace_s > 0:
+            plan = paced(plan, txm.Andor, pace_s)
+        t0 = time.perf_counter()
+        with evaluations:
+            RE(plan)
+            scan_s = time.perf_counter() - t0
+            analyzer.flush()
+        out, _ = child.communicate(timeout=300)
+        stats = analyzer.stats
+        analyzer.close()
+        publisher.close()
+    received = [json.loads(line) for line in out.splitlines() if line.startswith('{"received"')]
+    decisions = []
+    seen = set()
+    for a in received:
+        if a["kind"] != "anomalous_particle" or a["status"] != "firing":
+            continue
+        key = (a["run_uid"], a["particle"])
+        if key in seen:
+            continue  # updates and confirmations of a decision already made
+        seen.add(key)
+        if a["provisional"]:
+            emitted = clock.energy_complete(a["run_uid"], a["energy_index"])
+        else:  # decided on the complete scan: made possible by the stop document
+            emitted = clock.stops.get(a["run_uid"])
+        if emitted is None:
+            continue
+        began = evaluations.began(a["run_uid"], a["energy_index"], before=a["time"])
+        decisions.append(
+            {
+                "run": a["run_uid"][:8],
+                "particle": a["particle"],
+                "energy_index": a["energy_index"],
+                "provisional": a["provisional"],
+                "latency_s": round(a["received"] - emitted, 4),
+                "wait_s": round(began - emitted, 4) if began else None,
+                "evaluate_s": round(a["time"] - began, 4) if began else None,
+                "transport_s": round(a["received"] - a["time"], 4),
+            }
+        )
+    lat = np.array([d["latency_s"] for d in decisions])
+    durations = evaluations.durations()
+    return {
+        "evaluations": len(durations),
+        "evaluate_median_s": round(float(np.median(durations)), 3) if durations else None,
+        "decisions": decisions,
+        "p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "p95": float(np.percentile(lat, 95)) if lat.size else float("nan"),
+        "max": float(lat.max()) if lat.size else float("nan"),
+        "n": int(lat.size),
+        "planted": len(specs),
+        "scan_s": round(scan_s, 1),
+        "analyzer": stats,
+        "size": size,
+        "pace_s": pace_s,
+    }
+
+
+# -- the demo as a command ------------------------------------------------------------------------
+def measure_demo(*, fovs: int, size: int) -> dict:
+    """Run ``txm-streamer demo`` and read its summary."""
+    with tempfile.TemporaryDirectory(prefix="bench-demo-") as out:
+        port = _free_port()
+        cmd = [sys.executable, "-m", "streamer.cli", "demo", "--fovs", str(fovs)]
+        cmd += ["--size", str(size), "--out", out, "--endpoint", f"tcp://127.0.0.1:{port}"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"demo failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        summary = json.loads((Path(out) / "summary.json").read_text())["summary"]
+    return {"wall_s": wall, "summary": summary, "fovs": fovs, "size": size}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- figures ------------------------------------------------------------------------------------
+def _ratio(name: str, res: dict, config: str, note: str) -> dict:
+    med = res["median_wall_s"]
+    return {
+        "value": round(med[config] / med["alone"], 3),
+        "unit": "ratio",
+        "target": 1.05,
+        "scan_alone_s": round(med["alone"], 2),
+        f"scan_with_{config}_s": round(med[config], 2),
+        "frame": f"{res['size']}x{res['size']}",
+        "pace_s_per_trigger": res["pace_s"],
+        "runs": res["runs"],
+        "note": note,
+    }
+
+
+def run(*, quick: bool = False) -> dict[str, dict]:
+    """All figures of this module (``quick``: 128x128, one repetition, small latency run)."""
+    size, repeats = (128, 1) if quick else (256, 3)
+    fast = measure_slowdown(size=size, repeats=repeats, pace_s=0.0)
+    slow = measure_slowdown(size=size, repeats=1 if quick else 2, pace_s=0.1)
+    figures = {
+        "runengine_slowdown": _ratio(
+            "runengine_slowdown",
+            fast,
+            "thread",
+            "analyzer in the RunEngine's process (worker thread), simulator flat out",
+        ),
+        "runengine_slowdown_remote": _ratio(
+            "runengine_slowdown_remote",
+            fast,
+            "remote",
+            "analyzer in another process via bluesky 0MQ Publisher/Proxy/RemoteDispatcher "
+            "(msgpack), simulator flat out",
+        ),
+        "runengine_slowdown_paced": _ratio(
+            "runengine_slowdown_paced",
+            slow,
+            "thread",
+            "analyzer in the RunEngine's process, each camera trigger also waits 0.1 s",
+        ),
+        "runengine_slowdown_remote_paced": _ratio(
+            "runengine_slowdown_remote_paced",
+            slow,
+            "remote",
+            "analyzer in another process, each camera trigger also waits 0.1 s",
+        ),
+    }
+    lat_size, lat_fovs = (256, 1) if quick else (512, 2)
+    for suffix, pace in (("", 0.0), ("_paced", 0.25)):
+        lat = measure_latency(size=lat_size, n_fovs=lat_fovs, pace_s=pace)
+        common = {
+            "unit": "s",
+            "frame": f"{lat_size}x{lat_size}",
+            "pace_s_per_trigger": pace,
+            "n_decisions": lat["n"],
+            "planted": lat["planted"],
+        }
+        figures[f"alert_latency_p95_s{suffix}"] = {
+            "value": round(lat["p95"], 4),
+            **common,
+            "target": 0.25,
+            "p50_s": round(lat["p50"], 4),
+            "max_s": round(lat["max"], 4),
+            "scan_s": lat["scan_s"],
+            "analyzer": lat["analyzer"],
+            "decisions": lat["decisions"],
+        }
+        figures[f"alert_latency_p50_s{suffix}"] = {"value": round(lat["p50"], 4), **common}
+    demo = measure_demo(fovs=3, size=128) if quick else measure_demo(fovs=8, size=256)
+    s = demo["summary"]
+    figures["demo_spectra_per_s"] = {
+        "value": s["spectra_per_s"],
+        "unit": "spectra/s",
+        "fovs": demo["fovs"],
+        "frame": f"{demo['size']}x{demo['size']}",
+        "scan_seconds": s["scan_seconds"],
+        "analysed_seconds": s["analysed_seconds"],
+        "found": f"{s['found']}/{s['planted']}",
+        "false_alerts": s["false_alerts"],
+    }
+    figures["demo_wall_s"] = {
+        "value": round(demo["wall_s"], 1),
+        "unit": "s",
+        "target": 300,
+        "fovs": demo["fovs"],
+        "frame": f"{demo['size']}x{demo['size']}",
+        "note": "the whole command: start-up, subscriber process, catalog, report",
+    }
+    return figures
