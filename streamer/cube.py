@@ -53,6 +53,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -365,38 +366,48 @@ class SpectralCube:
             raise FrameShapeError(f"frame shape {stack.shape[1:]} differs from {self._shape}")
         return np.ascontiguousarray(stack)
 
-    def _run(self, work) -> None:
+    def _run(self, work, *, first_rows: tuple[int, int] | None = None, then=None) -> None:
         """Run ``work(scratch, r0, r1)`` over horizontal bands of the frame on the threads.
 
         Four bands per thread, taken by whichever thread is free: on a busy machine a thread
-        that loses its core does not hold the frame up for long.
+        that loses its core does not hold the frame up for long. With ``then``, the bands that
+        overlap ``first_rows`` go first and ``then()`` runs on the calling thread as soon as they
+        are done, while the other bands are still being worked on.
         """
         ny, nx = self._shape
         n_blocks = -(-ny // self.block_rows)
         n_threads = max(1, min(self.n_threads, n_blocks))
-        while self._scratch.qsize() < n_threads and self._n_scratch < n_threads:
+        while self._n_scratch < n_threads:
             self._scratch.put(BlockScratch(self.block_rows, nx))
             self._n_scratch += 1
-        if n_threads == 1:
-            sc = self._scratch.get()
-            try:
-                work(sc, 0, ny)
-            finally:
-                self._scratch.put(sc)
-            return
-        n_bands = min(n_blocks, 4 * n_threads)
+        n_bands = 1 if n_threads == 1 else min(n_blocks, 4 * n_threads)
         bounds = [min(ny, (n_blocks * i // n_bands) * self.block_rows) for i in range(n_bands + 1)]
+        bands = list(itertools.pairwise(bounds))
+        a, b = first_rows or (0, 0)
+        bands.sort(key=lambda band: not (band[0] < b and band[1] > a))  # stable
 
-        def band(i):
+        def band(r0, r1):
             sc = self._scratch.get()
             try:
-                work(sc, bounds[i], bounds[i + 1])
+                work(sc, r0, r1)
             finally:
                 self._scratch.put(sc)
 
+        if n_threads == 1:
+            for r0, r1 in bands:
+                band(r0, r1)
+            if then is not None:
+                then()
+            return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(n_threads, thread_name_prefix="spectral-cube")
-        for future in [self._executor.submit(band, i) for i in range(n_bands)]:
+        futures = [(r0 < b and r1 > a, self._executor.submit(band, r0, r1)) for r0, r1 in bands]
+        if then is not None:
+            for needed, future in futures:
+                if needed:
+                    future.result()
+            then()
+        for _, future in futures:
             future.result()
 
     def _average_rows(self, stack, out, sc, r0, r1) -> None:
@@ -490,17 +501,24 @@ class SpectralCube:
         dark = self._dark
         offset = self._i0_offset(pending, flat)
         target = self._work if self.register else dst
+        drift = np.zeros(2)
+        spent = {}
+
+        def register():  # on this thread, while the workers normalise the outer bands
+            t = time.perf_counter()
+            failed = self.tracker.n_failed_
+            drift[:] = self.tracker.update(self._work)
+            self.counters_["registration_failed"] += self.tracker.n_failed_ - failed
+            spent["register"] = time.perf_counter() - t
+
         t0 = time.perf_counter()
         self._run(lambda sc, r0, r1: normalise_rows(
             sample, flat_src, dark, target, offset=offset, rows=(r0, r1), scratch=sc,
-            method=self.stack_average, flat_store=store))  # fmt: skip
-        t1 = time.perf_counter()
-        drift = np.zeros(2)
-        if self.register:
-            failed = self.tracker.n_failed_
-            drift = self.tracker.update(self._work)
-            self.counters_["registration_failed"] += self.tracker.n_failed_ - failed
+            method=self.stack_average, flat_store=store),
+            first_rows=self.tracker.rows_used(self._shape) if self.register else None,
+            then=register if self.register else None)  # fmt: skip
         t2 = time.perf_counter()
+        t1 = t2 - spent.get("register", 0.0)
         valid = self._valid.reshape(self._shape)
         counts = []
 

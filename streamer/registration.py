@@ -436,6 +436,16 @@ class DriftTracker:
         self.shifts_.append(drift)
         return drift
 
+    def rows_used(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """The rows ``[r0, r1)`` of a full-resolution image of ``shape`` that :meth:`update` reads.
+
+        A caller that computes the image band by band can register as soon as these are done.
+        """
+        b = self._bin(shape)
+        h = min(self.region, shape[0] // b) * b
+        r0 = (shape[0] - h) // 2
+        return r0, r0 + h
+
     def _bin(self, shape: tuple[int, ...]) -> int:
         """The binning used for images of this shape."""
         if self.bin_factor == "auto":

@@ -203,3 +203,26 @@ def test_registered_od_matches_the_simulators_planted_od(sim_scan):
     err = cube.od_[:, valid] - truth[:, valid]
     assert np.abs(err.mean(axis=1)).max() < 0.005  # dark, flat and I0 corrections: no bias
     assert np.abs(err).mean() < 0.02  # registered pixel by pixel (noise ~0.005)
+
+
+def test_registering_while_outer_bands_are_normalised_changes_nothing():
+    """The central rows are normalised first and registered while the rest is still running."""
+    rng = np.random.default_rng(6)
+    a, b = _particles((320, 64), n=6)
+    tracker = DriftTracker(bin_factor=1, region=256)
+    assert tracker.rows_used((320, 64)) == (32, 288)
+    frames = []
+    for e, d in zip([1.0, 2.0, 3.0], [(0, 0), (1.3, -0.4), (-0.8, 0.6)], strict=True):
+        od = ndimage.shift(a + 0.5 * b, d, order=1, mode="nearest")
+        flat = np.full((2, 320, 64), 5000.0) + rng.normal(0, 50, (2, 320, 64))
+        frames.append((e, flat, 5000.0 * np.exp(-od)[None]))
+    cubes = []
+    for n_threads in (1, 2):
+        cube = SpectralCube(energies=[1.0, 2.0, 3.0], n_threads=n_threads, block_rows=16,
+                            drift_tracker=DriftTracker(bin_factor=1, region=256))  # fmt: skip
+        for e, flat, sample in frames:
+            cube.add_flat(flat, energy=e)
+            cube.add_sample(sample, energy=e)
+        cubes.append(cube.finalize())
+    np.testing.assert_array_equal(cubes[0].od_, cubes[1].od_)
+    np.testing.assert_array_equal(cubes[0].shifts_, cubes[1].shifts_)
