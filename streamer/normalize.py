@@ -41,6 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class EdgeWindows:
     """Energy windows of the edge analysis, in eV relative to the nominal edge energy ``E0``.
