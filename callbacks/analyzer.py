@@ -130,6 +130,10 @@ class XanesAnalyzer:
         For ``event_model.Filler``; default: :data:`callbacks.handlers.HANDLER_REGISTRY`.
     max_queue_events, max_queue_bytes
         Bounds of the hand-off queue (see :mod:`callbacks.worker` for the overload policy).
+    block
+        Make the caller wait for room in the queue instead of dropping events, and never skip
+        provisional evaluations for being behind. Default: ``True`` in replay mode (deterministic,
+        nothing lost), ``False`` live (the RunEngine is never blocked).
     report
         Write PNG figures per field of view and a campaign report under ``out_dir/report``.
 
@@ -153,6 +157,7 @@ class XanesAnalyzer:
         root_map: Mapping[str, str] | None = None,
         max_queue_events: int = 512,
         max_queue_bytes: int = 2 * 1024**3,
+        block: bool | None = None,
         report: bool = True,
         **session_options: Any,
     ) -> None:
@@ -166,7 +171,10 @@ class XanesAnalyzer:
         )
         self.handler_registry = dict(handler_registry or HANDLER_REGISTRY)
         self.root_map = dict(root_map or {})
-        self.queue = DocumentQueue(max_events=max_queue_events, max_bytes=max_queue_bytes)
+        self.block = (mode == "replay") if block is None else bool(block)
+        self.queue = DocumentQueue(
+            max_events=max_queue_events, max_bytes=max_queue_bytes, block=self.block
+        )
         self.worker = AnalysisWorker(self.queue)
         self.worker.start()
         self._router = _TolerantRunRouter([self._factory])
@@ -186,9 +194,10 @@ class XanesAnalyzer:
             dialect.name,
             len(dialect.planned_energies_ev or ()) or "unknown",
         )
+        backlog = (lambda: 0.0) if self.block else (lambda: self.queue.depth)
         processor = XanesRunProcessor(
             dialect,
-            begin_run=lambda info: self.session.begin_run(info, backlog=lambda: self.queue.depth),
+            begin_run=lambda info: self.session.begin_run(info, backlog=backlog),
             handler_registry=self.handler_registry,
             root_map=self.root_map,
             mode=self.mode,

@@ -10,6 +10,9 @@ Overload policy (stated once, applied everywhere):
   never blocked. Every drop is counted per run, logged, and handed to the run's processor as a
   ``("dropped", {...})`` marker in order, so the analysis knows which energy it lost and says so
   in a ``data_quality`` alert.
+- In **blocking** mode (``block=True``, for replay, where the producer is a catalog reader and
+  nothing may be lost) an event that does not fit makes :meth:`DocumentQueue.put` wait for room
+  instead: nothing is dropped, and the analysis is never told it is behind.
 - Before it drops, the analysis degrades: the processor sees the backlog
   (:attr:`DocumentQueue.depth`) and skips optional provisional re-evaluations while the queue is
   more than half full.
@@ -67,13 +70,19 @@ class DocumentQueue:
         Event documents allowed to wait at once.
     max_bytes
         Inline array bytes allowed to wait at once.
+    block
+        Wait for room instead of dropping an event (replay); an event larger than ``max_bytes``
+        is still accepted when the queue is empty.
     """
 
-    def __init__(self, *, max_events: int = 512, max_bytes: int = 2 * 1024**3) -> None:
+    def __init__(
+        self, *, max_events: int = 512, max_bytes: int = 2 * 1024**3, block: bool = False
+    ) -> None:
         if max_events < 1 or max_bytes < 1:
             raise ValueError("max_events and max_bytes must be positive")
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.block = block
         self._items: deque[tuple[Target, str, Mapping[str, Any], int]] = deque()
         self._cond = threading.Condition()
         self._events = 0
@@ -90,8 +99,20 @@ class DocumentQueue:
         """Enqueue a document for ``target``; return False when an event was dropped."""
         nbytes = inline_nbytes(doc) if name in EVENT_DOCUMENTS else 0
         with self._cond:
-            if name in EVENT_DOCUMENTS and (
-                self._events + 1 > self.max_events or self._bytes + nbytes > self.max_bytes
+            if self.block and name in EVENT_DOCUMENTS:
+                self._cond.wait_for(
+                    lambda: (
+                        self._events == 0
+                        or (
+                            self._events < self.max_events
+                            and self._bytes + nbytes <= self.max_bytes
+                        )
+                    )
+                )
+            if (
+                (not self.block)
+                and name in EVENT_DOCUMENTS
+                and (self._events + 1 > self.max_events or self._bytes + nbytes > self.max_bytes)
             ):
                 self.stats.dropped_events += 1
                 self.stats.dropped_bytes += nbytes
@@ -136,6 +157,7 @@ class DocumentQueue:
             target, name, doc, nbytes = self._items.popleft()
             self._events -= name in EVENT_DOCUMENTS
             self._bytes -= nbytes
+            self._cond.notify_all()  # room for a blocked producer
             return target, name, doc
 
     def task_done(self) -> None:

@@ -1,11 +1,20 @@
 """The analysis of one XANES run (one field of view), frame by frame, with no bluesky import.
 
 :class:`RunAnalysis` receives dark, flat and sample stacks in whatever order the plan produced
-them, keeps the per-pixel spectra in a :class:`~streamer.cube.SpectralCube`, and decides early:
+them, keeps the per-pixel spectra in a :class:`~streamer.cube.SpectralCube`, and evaluates early:
 as soon as the energies past the edge and the white line have arrived, it computes provisional
-attributes, segments particles, asks the campaign model for scores and lets
-:class:`~streamer.decisions.RunAlertBook` alert. It re-evaluates every few energies (skipped
-while the analysis is behind), and at the end of the scan confirms, updates or resolves.
+attributes and segments particles. It re-evaluates every few energies (skipped while the analysis
+is behind, when a ``backlog`` is given), and at the end of the scan evaluates the complete run.
+
+It is the **compute** half of a run's analysis: everything it produces is a sequence of *steps*
+(``("problem", ...)``, ``("evaluation", EvaluationSnapshot)``, ``("end", ...)``...) handed to a
+decider, which owns the **decide** half (campaign scoring, alert book, learning; see
+:class:`streamer.run_decision.RunDecider`):
+
+- live, the decider is a :class:`~streamer.run_decision.RunDecider` applying each step at once,
+  so scoring and alerts interleave with the frames exactly as the scan goes;
+- distributed (:mod:`streamer.distributed`), a :class:`StepRecorder` keeps the steps; they are
+  shipped back and applied, run by run in scan order, by a decider on the client.
 """
 
 from __future__ import annotations
@@ -13,14 +22,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamer.attributes import compute_attributes
 from streamer.cube import FrameShapeError, SpectralCube
-from streamer.decisions import RunAlertBook, RunContext
 from streamer.normalize import estimate_e0
 from streamer.particles import odd_value_mask, particle_table, segment_particles
 from streamer.provisional import attribute_requirements, attribute_validity
@@ -76,58 +84,136 @@ class DecisionPolicy:
 
 
 @dataclass
+class EvaluationSnapshot:
+    """What the decide half needs from one evaluation of a run (the compute half's result).
+
+    ``attributes``, ``valid_pixels`` and ``labels`` are per-pixel and may be ``None`` on a
+    provisional snapshot that was slimmed for shipping (:meth:`slim`); the final one keeps them,
+    the campaign learns from them.
+    """
+
+    energy_index: int
+    final: bool
+    aborted: bool
+    shape: tuple[int, int]
+    energies_ev: np.ndarray
+    table: list[dict]
+    attributes: dict[str, np.ndarray] | None = None
+    valid_pixels: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def slim(self) -> EvaluationSnapshot:
+        """The same snapshot without per-pixel maps when it is provisional."""
+        if self.final:
+            return self
+        return replace(self, attributes=None, valid_pixels=None, labels=None)
+
+
+@dataclass
 class Evaluation:
-    """The result of one evaluation of a run (provisional or final)."""
+    """The result of one evaluation of a run (provisional or final), with its scores."""
 
     energy_index: int
     final: bool
     energies_ev: np.ndarray
-    attributes: dict[str, np.ndarray]
-    valid_pixels: np.ndarray
-    labels: np.ndarray
+    attributes: dict[str, np.ndarray] | None
+    valid_pixels: np.ndarray | None
+    labels: np.ndarray | None
     table: list[dict]
     scores: list[Any]
 
+    @classmethod
+    def from_snapshot(cls, snap: EvaluationSnapshot, scores: list[Any]) -> Evaluation:
+        return cls(
+            snap.energy_index,
+            snap.final,
+            snap.energies_ev,
+            snap.attributes,
+            snap.valid_pixels,
+            snap.labels,
+            snap.table,
+            scores,
+        )
+
+
+Step = tuple[str, Any]
+"""One step of a run's compute half: ``(kind, payload)``, see :class:`StepRecorder`."""
+
+
+class StepRecorder:
+    """A decider that only records the steps (compute on a worker, decide elsewhere).
+
+    Step kinds: ``"problem"`` ``{"message", "energy_index"}``, ``"dropped"``
+    ``{"role", "energy_index"}``, ``"abort"``
+    ``{"message", "quiet", "energy_index", "n_energies"}``,
+    ``"finalizing"`` ``{"n_energies_seen"}``, ``"evaluation"``
+    (an :class:`EvaluationSnapshot`, provisional ones slimmed), ``"end"`` ``{"exit_status",
+    "reason", "stop_time", "n_energies", "shifts_rms_px", "evaluated", "energy_index"}``.
+    """
+
+    def __init__(self, info: RunInfo) -> None:
+        self.info = info
+        self.steps: list[Step] = []
+
+    def __call__(self, kind: str, payload: Any) -> None:
+        if kind == "evaluation":
+            payload = payload.slim()
+        self.steps.append((kind, payload))
+
 
 class RunAnalysis:
-    """Per-run state: the cube, the evaluations and the run's alerts.
+    """Per-run compute state: the cube and the evaluations; decisions go to ``decider``.
 
-    Created by :meth:`streamer.session.AnalysisSession.begin_run`; the caller serialises calls.
+    Parameters
+    ----------
+    info
+        The run.
+    session
+        The analysis session; when given and ``decider`` is not, a
+        :class:`~streamer.run_decision.RunDecider` of that session decides live.
+    policy
+        When to evaluate (default: the session's, else :class:`DecisionPolicy`).
+    backlog
+        How full the analysis queue is (0-1); optional evaluations are skipped above
+        ``policy.max_backlog``. Replay passes none, so nothing is skipped.
+    decider
+        Callable ``decider(kind, payload)`` taking the steps (see :class:`StepRecorder`).
+
+    The caller serialises calls.
     """
 
     def __init__(
         self,
         info: RunInfo,
         *,
-        session: AnalysisSession,
+        session: AnalysisSession | None = None,
         policy: DecisionPolicy | None = None,
         backlog: Callable[[], float] = lambda: 0.0,
+        decider: Callable[[str, Any], Any] | None = None,
     ) -> None:
         self.info = info
         self.session = session
-        self.policy = policy or session.policy
+        self.policy = policy or (session.policy if session is not None else DecisionPolicy())
+        if decider is None:
+            if session is None:
+                raise ValueError("RunAnalysis needs a session or a decider")
+            from streamer.run_decision import RunDecider
+
+            decider = RunDecider(info, session=session, spectra=self.ready_spectra)
+        self.decider = decider
         self._backlog = backlog
         self.cube = SpectralCube(energies=info.planned_energies_ev)
-        n_planned = len(info.planned_energies_ev or ()) or 0
-        self.ctx = RunContext(
-            run_uid=info.run_uid,
-            scan_id=info.scan_id,
-            plan_name=info.plan_name,
-            mode=info.mode,
-            n_energies=n_planned,
-            stage_position=info.stage_position,
-            pixel_size_um=info.pixel_size_um,
-        )
-        self.book = RunAlertBook(self.ctx, session.send)
         self.n_samples = 0
-        self.dropped = 0
-        self.problems: list[str] = []
-        self.last: Evaluation | None = None
         self.finished = False
-        self.t_start = time.time()
-        self.t_stop: float | None = None
+        self.last: Evaluation | None = None
         self._next_eval_at: int | None = None
         self._labels: np.ndarray | None = None
+
+    # -- the live decider's state, for callers that look at a run's alerts ---------------------
+    def __getattr__(self, name: str) -> Any:
+        if name in ("book", "ctx", "problems", "dropped", "t_start", "t_stop"):
+            return getattr(self.__dict__["decider"], name)
+        raise AttributeError(name)
 
     # -- frames -----------------------------------------------------------------------------
     def add_dark(self, stack: np.ndarray) -> None:
@@ -156,36 +242,27 @@ class RunAnalysis:
     # -- problems ---------------------------------------------------------------------------
     def note_dropped(self, marker: dict, *, role: str | None = None) -> None:
         """An event of this run was dropped by the overload policy."""
-        self.dropped += 1
-        if self.dropped == 1:  # one alert per run; the count goes into the scan summary
-            self.book.simple(
-                "data_quality",
-                severity="warning",
-                energy_index=self.n_samples,
-                subject="check:dropped_frames",
-                message=f"analysis overloaded: {role or 'a'} frame of scan {self.info.scan_id} "
-                "was dropped (more are counted in the scan summary)",
-            )
+        self.decider("dropped", {"role": role, "energy_index": self.n_samples})
 
     def note_problem(self, message: str) -> None:
         """A problem with the data of this run: logged, counted, alerted once per message."""
         log.warning("run %s: %s", self.info.run_uid[:8], message)
-        if message not in self.problems and len(self.problems) < 100:
-            self.problems.append(message)
-            self.book.simple(
-                "data_quality",
-                severity="warning",
-                energy_index=self.n_samples,
-                subject="check:" + message.split(":")[0],
-                message=message,
-            )
+        self.decider("problem", {"message": message, "energy_index": self.n_samples})
 
     def abort(self, message: str, *, quiet: bool = False) -> None:
         """Stop analysing this run (analysis failure, or not a XANES run after all)."""
         if not quiet:
-            self.note_problem(message)
+            log.warning("run %s: %s", self.info.run_uid[:8], message)
         self.finished = True
-        self.session.end_run(self, None)
+        self.decider(
+            "abort",
+            {
+                "message": message,
+                "quiet": quiet,
+                "energy_index": self.n_samples,
+                "n_energies": len(self.cube.energies_),
+            },
+        )
 
     # -- evaluations ------------------------------------------------------------------------
     def ready_spectra(self) -> tuple[np.ndarray, np.ndarray]:
@@ -216,8 +293,8 @@ class RunAnalysis:
         self._next_eval_at = n_ready + self.policy.every
         self.evaluate(final=False)
 
-    def evaluate(self, *, final: bool, aborted: bool = False) -> Evaluation | None:
-        """Compute attributes, particles and scores on the energies normalised so far."""
+    def snapshot(self, *, final: bool, aborted: bool = False) -> EvaluationSnapshot | None:
+        """Attributes and particles on the energies normalised so far (no campaign involved)."""
         energies, od = self.ready_spectra()
         if energies.size < 8 or self.cube.frame_shape_ is None:
             return None
@@ -234,7 +311,7 @@ class RunAnalysis:
                     "eV were normalised, too few for edge and white-line attributes"
                 )
             return None
-        shape = self.cube.frame_shape_
+        shape = tuple(self.cube.frame_shape_)
         maps = {k: v.reshape(shape) for k, v in result.values.items()}
         valid = np.asarray(result.valid_pixels).reshape(shape)
         if self.cube.valid_ is not None:
@@ -247,29 +324,26 @@ class RunAnalysis:
         odd = odd_value_mask(
             maps, energy_range_ev=(float(energies[0]), float(energies[-1])), within=labels > 0
         )
-        table = particle_table(labels, maps, unusual=odd)
-        scores = self.session.campaign.score_particles(
-            self.info.fov_key, table, provisional=not final
-        )
-        energy_index = self._energy_index(energies)
-        self.book.particles(
-            scores,
-            {row["id"]: row for row in table},
-            energy_index=energy_index,
+        return EvaluationSnapshot(
+            energy_index=self._energy_index(energies),
             final=final,
-            shape=shape,
             aborted=aborted,
+            shape=shape,
+            energies_ev=np.asarray(energies),
+            table=particle_table(labels, maps, unusual=odd),
+            attributes=result.values,
+            valid_pixels=valid.ravel(),
+            labels=labels,
         )
-        ev = Evaluation(
-            energy_index,
-            final,
-            np.asarray(energies),
-            result.values,
-            valid.ravel(),
-            labels,
-            table,
-            scores,
-        )
+
+    def evaluate(self, *, final: bool, aborted: bool = False) -> Evaluation | None:
+        """Evaluate on the energies normalised so far and hand the snapshot to the decider."""
+        snap = self.snapshot(final=final, aborted=aborted)
+        if snap is None:
+            return None
+        ev = self.decider("evaluation", snap)
+        if not isinstance(ev, Evaluation):
+            ev = Evaluation.from_snapshot(snap, [])
         self.last = ev
         return ev
 
@@ -304,22 +378,34 @@ class RunAnalysis:
     def finalize(
         self, *, exit_status: str = "success", reason: str = "", stop_time: float | None = None
     ) -> Evaluation | None:
-        """Normalise what is left, evaluate on the complete run, confirm or resolve, learn.
+        """Normalise what is left, evaluate on the complete run, and end it at the decider.
 
         ``stop_time`` is when the scan ended (the stop document's time), for reporting how long
         before the end of the scan each decision came.
         """
         if self.finished:
             return self.last
-        self.t_stop = stop_time if stop_time is not None else time.time()
         aborted = exit_status != "success"
         self.cube.finalize()
         self._report_cube_counters()
-        if self.ctx.n_energies == 0:
-            self.ctx.n_energies = int(np.count_nonzero(self.cube.ready_)) or len(self.cube.energies_)
+        n_seen = int(np.count_nonzero(self.cube.ready_)) or len(self.cube.energies_)
+        self.decider("finalizing", {"n_energies_seen": n_seen})
         ev = self.evaluate(final=True, aborted=aborted)
-        if aborted:
-            self.note_problem(f"scan aborted: exit_status={exit_status} {reason}".strip())
         self.finished = True
-        self.session.end_run(self, ev)
+        shifts = getattr(self.cube, "shifts_", None)
+        shifts_rms = None
+        if shifts is not None and len(shifts):
+            shifts_rms = float(np.sqrt(np.mean(np.sum(np.asarray(shifts) ** 2, axis=1))))
+        self.decider(
+            "end",
+            {
+                "exit_status": exit_status,
+                "reason": reason,
+                "stop_time": stop_time if stop_time is not None else time.time(),
+                "n_energies": len(self.cube.energies_),
+                "shifts_rms_px": shifts_rms,
+                "evaluated": ev is not None,
+                "energy_index": self.n_samples,
+            },
+        )
         return ev

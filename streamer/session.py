@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from streamer.learning import CampaignModel
 from streamer.run_analysis import DecisionPolicy, Evaluation, RunAnalysis, RunInfo
+from streamer.run_decision import RunDecider
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class AnalysisSession:
         self.thumbnails: dict[str, tuple] = {}  # run uid -> (small edge-jump image, labels)
         self.sink_errors = 0
         self._lock = threading.Lock()
-        self.on_run_end: list[Callable[[RunSummary, Evaluation | None, RunAnalysis], Any]] = []
+        self.on_run_end: list[Callable[[RunSummary, Evaluation | None, RunDecider], Any]] = []
 
     # -- alerts ------------------------------------------------------------------------------
     def send(self, alert: dict) -> None:
@@ -122,7 +123,11 @@ class AnalysisSession:
         """Create the analysis of a new run."""
         return RunAnalysis(info, session=self, backlog=backlog)
 
-    def end_run(self, analysis: RunAnalysis, ev: Evaluation | None) -> RunSummary:
+    def begin_decision(self, info: RunInfo) -> RunDecider:
+        """The decide half of a run whose compute half ran elsewhere (no per-field figures)."""
+        return RunDecider(info, session=self)
+
+    def end_run(self, analysis: RunDecider, ev: Evaluation | None) -> RunSummary:
         """Learn from a finished run, alert on the campaign, write its report, checkpoint."""
         info = analysis.info
         complete = (
@@ -159,14 +164,10 @@ class AnalysisSession:
                     message=getattr(drift, "message", None) or "the particle population drifted",
                     **_jsonable_fields(drift),
                 )
-        shifts = getattr(analysis.cube, "shifts_", None)
-        shifts_rms = None
-        if shifts is not None and len(shifts):
-            shifts_rms = float(np.sqrt(np.mean(np.sum(np.asarray(shifts) ** 2, axis=1))))
         summary = RunSummary(
             info=info,
             exit_ok=complete,
-            n_energies=len(analysis.cube.energies_),
+            n_energies=analysis.n_energies,
             n_particles=len(ev.table) if ev is not None else 0,
             flagged=dict(analysis.book.firing),
             first_decision=dict(analysis.book.first_decision),
@@ -174,7 +175,7 @@ class AnalysisSession:
             table=ev.table if ev is not None else [],
             dropped=analysis.dropped,
             problems=list(analysis.problems),
-            shifts_rms_px=shifts_rms,
+            shifts_rms_px=analysis.shifts_rms_px,
             t_start=analysis.t_start,
             t_end=analysis.t_stop or time.time(),
             labels=ev.labels if (ev is not None and self.keep_label_maps) else None,
@@ -194,7 +195,7 @@ class AnalysisSession:
             n_particles=summary.n_particles,
             flagged_particles=sorted(summary.flagged),
             dropped_frames=summary.dropped,
-            drift_rms_px=shifts_rms,
+            drift_rms_px=analysis.shifts_rms_px,
             problems=summary.problems[:10],
         )
         self.runs.append(summary)
@@ -204,13 +205,13 @@ class AnalysisSession:
                 del cache[uid]
         for hook in self.on_run_end:
             hook(summary, ev, analysis)
-        if self.report and ev is not None:
+        if self.report and ev is not None and analysis.has_spectra:
             self._write_fov_report(analysis, ev, cluster_map)
         if self.checkpoint is not None and complete:
             self.campaign.save(self.checkpoint)
         return summary
 
-    def _write_fov_report(self, analysis: RunAnalysis, ev: Evaluation, cluster_map: Any) -> None:
+    def _write_fov_report(self, analysis: RunDecider, ev: Evaluation, cluster_map: Any) -> None:
         from streamer.report_bridge import write_run_report
 
         try:
