@@ -31,6 +31,9 @@ from typing import Any
 
 log = logging.getLogger("sim.demo")
 
+FXI_SECONDS_PER_ENERGY = 6.0
+"""Real FXI cadence (5 sample + 5 flat frames per energy), to translate energies into time."""
+
 
 def _start_subscriber(endpoint: str, out: Path) -> tuple[subprocess.Popen, Any]:
     sink = (out / "subscriber.jsonl").open("w")
@@ -259,6 +262,11 @@ def _print_table(rows: list[dict], s: dict, out: Path) -> None:
     for r in rows:
         at = f"{r['energy_index'] + 1}/{r['n_energies']}" if r["energy_index"] is not None else "-"
         lead = f"{r['lead_s']:.1f} s" if r.get("lead_s") is not None else "-"
+        fxi = "-"
+        if r["energy_index"] is not None:
+            fxi = (
+                f"{FXI_SECONDS_PER_ENERGY * (r['n_energies'] - 1 - r['energy_index']) / 60:.1f} min"
+            )
         found = f"#{r['found_as']}" if r["found_as"] is not None else "MISSED"
         particle = f"#{r['particle']}" if r["particle"] is not None else "-"
         print(
