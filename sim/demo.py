@@ -254,10 +254,10 @@ def _count_received(path: Path) -> int:
 
 
 def _print_table(rows: list[dict], s: dict, out: Path) -> None:
-    print("\nplanted vs found")
+    print("\nplanted vs found   (before end: wall time here, and at FXI's ~6 s per energy)")
     print(
         f"  {'scan':>4}  {'particle':>8}  {'kind':<12} {'found as':>8}  {'decided at':>12}  "
-        f"{'before end':>10}"
+        f"{'before end':>10}  {'at FXI':>8}"
     )
     for r in rows:
         at = f"{r['energy_index'] + 1}/{r['n_energies']}" if r["energy_index"] is not None else "-"
@@ -271,7 +271,7 @@ def _print_table(rows: list[dict], s: dict, out: Path) -> None:
         particle = f"#{r['particle']}" if r["particle"] is not None else "-"
         print(
             f"  {r['scan_id']!s:>4}  {particle:>8}  {r['kind']:<12} {found:>8}  {at:>12}  "
-            f"{lead:>10}"
+            f"{lead:>10}  {fxi:>8}"
         )
     print(
         f"\n{s['found']}/{s['planted']} planted anomalies found, {s['false_alerts']} false alerts "
