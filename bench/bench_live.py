@@ -86,8 +86,8 @@ def remote_analyzer_main() -> None:
 
     Protocol on stdout, one JSON line each: ``{"addresses": [in, out]}`` once the proxy is bound,
     ``{"ready": true}`` at the first ping (a ``start`` document with ``bench_control="ping"``),
-    ``{"flushed": stats}`` after each ``stop`` with ``bench_control="flush"``; a ``stop`` with
-    ``bench_control="exit"`` ends the process.
+    ``{"flushed": stats, "flagged": {run uid: particle ids}}`` after each ``stop`` with
+    ``bench_control="flush"``; a ``stop`` with ``bench_control="exit"`` ends the process.
     """
     import asyncio
 
@@ -113,7 +113,8 @@ def remote_analyzer_main() -> None:
             print(json.dumps({"ready": True}), flush=True)
         elif control == "flush":
             analyzer.flush()
-            print(json.dumps({"flushed": analyzer.stats, "t": time.time()}), flush=True)
+            flagged = {r.info.run_uid: sorted(r.flagged) for r in analyzer.session.runs}
+            print(json.dumps({"flushed": analyzer.stats, "flagged": flagged}), flush=True)
         elif control == "exit":
             for task in asyncio.all_tasks(dispatcher.loop):
                 task.cancel()
@@ -153,7 +154,7 @@ class RemoteAnalyzer:
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise
-        self.last_stats: dict = {}
+        self.flagged: dict[str, list[int]] = {}  # run uid -> flagged particles, at flush
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -161,6 +162,9 @@ class RemoteAnalyzer:
                 self._lines.put(json.loads(line))
 
     def _expect(self, key: str, timeout: float | None = None) -> Any:
+        return self._expect_message(key, timeout)[key]
+
+    def _expect_message(self, key: str, timeout: float | None = None) -> dict:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             try:
@@ -170,15 +174,17 @@ class RemoteAnalyzer:
                     raise RuntimeError(f"remote analyzer exited ({self.proc.returncode})") from None
                 raise TimeoutError(f"remote analyzer: no {key!r} within the timeout") from None
             if key in msg:
-                return msg[key]
+                return msg
 
     def __call__(self, name: str, doc: dict) -> None:
         self.publisher(name, doc)
 
     def flush(self) -> dict:
+        """Wait until the remote analyzer has analysed everything sent; its counters."""
         self.publisher("stop", {"bench_control": "flush"})
-        self.last_stats = self._expect("flushed")
-        return self.last_stats
+        msg = self._expect_message("flushed")
+        self.flagged = msg["flagged"]
+        return msg["flushed"]
 
     def close(self) -> None:
         self.publisher("stop", {"bench_control": "exit"})
