@@ -4,9 +4,10 @@ Pure functions over label maps and small dicts, so the demo, the tests and the b
 detections the same way. Ground truth comes from the simulator (or any labelled sample) as a
 truth label map and the kind of each truth particle (``"normal"`` or an anomaly kind).
 
-A flagged particle is matched to the truth particle it overlaps most (by pixels). It is a **true
-alert** when that truth particle is anomalous, a **false alert** otherwise. A planted anomaly is
-**found** when some flagged particle matches it.
+A flagged particle (any particle that was ever alerted as anomalous, including provisional alerts
+resolved at the end of the scan: staff saw them) is matched to the truth particle it overlaps most
+(by pixels). It is a **true alert** when that truth particle is anomalous, a **false alert**
+otherwise. A planted anomaly is **found** when some flagged particle matches it.
 """
 
 from __future__ import annotations
