@@ -57,13 +57,8 @@ def _rows_in(x: np.ndarray, lo: float, hi: float, within: slice | None = None) -
 def _derivative_rows(key: bytes, e1_ev: float, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of larch's smoothed derivative for the first estimate ``e1_ev``."""
     e = np.frombuffer(key, dtype=np.float64)
-    rows = slice(start, stop)
-    operator, window = larch_smoothed_derivative(e, e0_ev=e1_ev)
-    out = np.zeros((rows.stop - rows.start, e.size))
-    lo, hi = max(rows.start, window.start), min(rows.stop, window.stop)
-    if hi > lo:
-        out[lo - rows.start : hi - rows.start] = operator[lo - window.start : hi - window.start]
-    return out
+    operator, _ = larch_smoothed_derivative(e, e0_ev=e1_ev, rows=np.arange(start, stop))
+    return operator
 
 
 @dataclass(frozen=True, eq=False)

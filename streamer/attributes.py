@@ -177,6 +177,21 @@ def compute_attributes(
         raise ValueError(f"mu must have shape ({e.size}, n_pixels), got {mu.shape}")
     if n_threads < 1 or chunk < 1:
         raise ValueError("n_threads and chunk must be positive")
+    with _blas_single_thread():  # also while building plans: BLAS threads only add overhead here
+        return _compute(
+            e,
+            mu,
+            e0_hint,
+            references,
+            windows,
+            planned_energies_ev,
+            n_threads,
+            chunk,
+            min_edge_jump,
+        )
+
+
+def _compute(e, mu, e0_hint, references, windows, planned, n_threads, chunk, min_edge_jump):
     n_pix = mu.shape[1]
     ref_names = tuple(references or ())
     names = ATTRIBUTE_NAMES + tuple(f"frac_{r}" for r in ref_names)
@@ -208,14 +223,13 @@ def compute_attributes(
         return attributes_of_chunk(plan, mu[:, sl], buf, out, sl)
 
     workers = min(n_threads, len(bounds))
-    with _blas_single_thread():
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                counts = list(pool.map(run, bounds))
-        else:
-            counts = [run(sl) for sl in bounds]
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            counts = list(pool.map(run, bounds))
+    else:
+        counts = [run(sl) for sl in bounds]
     at_edge = {k: sum(c.get(k, 0) for c in counts) for k in counts[0]} if counts else {}
-    return _finish(plan, e, out, names, ref_names, planned_energies_ev, min_edge_jump, at_edge)
+    return _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge)
 
 
 def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> AttributeResult:

@@ -16,7 +16,7 @@ cached by the callers (:mod:`streamer.normalize`, :mod:`streamer.attributes`).
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import fftconvolve
+from scipy import sparse
 
 __all__ = [
     "gradient_matrix",
@@ -72,16 +72,20 @@ def _interpolation_matrix(x: np.ndarray, xnew: np.ndarray) -> np.ndarray:
     return out
 
 
-def lorentzian_smoothing_matrix(x: np.ndarray, *, sigma: float, xstep: float) -> np.ndarray:
+def lorentzian_smoothing_matrix(
+    x: np.ndarray, *, sigma: float, xstep: float, rows: np.ndarray | None = None
+) -> np.ndarray:
     """Matrix form of ``larch.math.smooth(x, y, sigma=sigma, xstep=xstep)`` (Lorentzian).
 
     larch interpolates ``y`` onto a uniform grid of step ``xstep`` (padded by 5 steps), mirrors it
     at both ends, convolves it with a normalised Lorentzian of half width ``sigma`` and
-    interpolates back onto ``x``. Each of these steps is linear in ``y``; this function applies
-    them to the identity to obtain the ``(n, n)`` operator.
+    interpolates back onto ``x``. Each of these steps is linear in ``y``; this function composes
+    them into the ``(n, n)`` operator, or only its ``rows`` (indices into ``x``), computing just the
+    convolution outputs those rows interpolate from.
     """
     x = np.asarray(x, dtype=np.float64)
     n = x.size
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.intp)
     npad = 5
     xmin = xstep * int((x.min() - npad * xstep) / xstep)
     xmax = xstep * int((x.max() + npad * xstep) / xstep)
@@ -92,15 +96,17 @@ def lorentzian_smoothing_matrix(x: np.ndarray, *, sigma: float, xstep: float) ->
     wx = np.arange(2 * npts, dtype=np.float64)
     win = 1.0 / (1.0 + ((wx - npts) / sig) ** 2)
     win /= win.sum()
-    y1 = np.concatenate((y0[npts:0:-1], y0, y0[-1 : -npts - 1 : -1]), axis=0)
-    y2 = fftconvolve(y1, win[:, None], mode="valid", axes=0)
-    if y2.shape[0] > npts:
-        nex = (y2.shape[0] - npts) // 2
-        y2 = y2[nex:][:npts]
-    # linear interpolation of y2 (on x0) back onto x; x lies inside [x0[0], x0[-1]]
-    i = np.clip(np.searchsorted(x0, x, side="right") - 1, 0, npts - 2)
-    w = (x - x0[i]) / (x0[i + 1] - x0[i])
-    return (1.0 - w)[:, None] * y2[i] + w[:, None] * y2[i + 1]
+    y1 = sparse.csr_array(np.concatenate((y0[npts:0:-1], y0, y0[-1 : -npts - 1 : -1]), axis=0))
+    # back-interpolation nodes of the requested rows (x lies inside [x0[0], x0[-1]])
+    i = np.clip(np.searchsorted(x0, x[rows], side="right") - 1, 0, npts - 2)
+    w = (x[rows] - x0[i]) / (x0[i + 1] - x0[i])
+    needed = np.unique(np.concatenate([i, i + 1]))
+    # 'valid' convolution (np.convolve(win, y1)) output r: sum_m y1[m] win[r + 2 npts - 1 - m]
+    lag = needed[:, None] + (2 * npts - 1) - np.arange(y1.shape[0])[None, :]
+    kernel = np.where((lag >= 0) & (lag < 2 * npts), win[np.clip(lag, 0, 2 * npts - 1)], 0.0)
+    y2 = np.asarray((y1.T @ kernel.T).T)  # (len(needed), n); y1 has two entries per row
+    lo, hi = np.searchsorted(needed, i), np.searchsorted(needed, i + 1)
+    return (1.0 - w)[:, None] * y2[lo] + w[:, None] * y2[hi]
 
 
 def larch_smoothing_step(energies_ev: np.ndarray, e0_ev: float) -> float:
@@ -118,7 +124,7 @@ def larch_smoothing_step(energies_ev: np.ndarray, e0_ev: float) -> float:
 
 
 def larch_smoothed_derivative(
-    energies_ev: np.ndarray, *, e0_ev: float, half_span: int = 75
+    energies_ev: np.ndarray, *, e0_ev: float, half_span: int = 75, rows=None
 ) -> tuple[np.ndarray, slice]:
     """The smoothed derivative larch's ``find_e0`` maximises, as a matrix.
 
@@ -131,13 +137,15 @@ def larch_smoothed_derivative(
         three points away from both ends, as larch does) and sets the smoothing width.
     half_span : int
         Half width of the window in points (larch: 75).
+    rows : array_like of int, optional
+        Grid rows wanted (default: every row of the window); rows outside the window get zeros.
 
     Returns
     -------
-    operator : ndarray, shape (n_window, n)
-        ``operator @ mu`` is the smoothed ``dmu/dE`` at ``energies_ev[window]``.
+    operator : ndarray, shape (n_rows, n)
+        ``operator @ mu`` is the smoothed ``dmu/dE`` at ``energies_ev[rows]``.
     window : slice
-        The rows of the grid the operator's rows correspond to.
+        larch's window (the grid rows the derivative is computed over).
     """
     e = np.asarray(energies_ev, dtype=np.float64)
     n = e.size
@@ -149,10 +157,13 @@ def larch_smoothed_derivative(
     window = slice(start, stop)
     ew = e[window]
     estep = larch_smoothing_step(e, e0_ev)
-    smooth = lorentzian_smoothing_matrix(ew, sigma=estep, xstep=estep)
-    local = smooth @ gradient_matrix(ew)
-    operator = np.zeros((ew.size, n))
-    operator[:, window] = local
+    if rows is None:
+        rows = np.arange(start, stop)
+    rows = np.asarray(rows, dtype=np.intp)
+    inside = (rows >= start) & (rows < stop)
+    smooth = lorentzian_smoothing_matrix(ew, sigma=estep, xstep=estep, rows=rows[inside] - start)
+    operator = np.zeros((rows.size, n))
+    operator[inside, window] = smooth @ gradient_matrix(ew)
     return operator, window
 
 
