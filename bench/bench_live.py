@@ -296,7 +296,13 @@ def measure_slowdown(*, size: int, repeats: int, pace_s: float, seed: int = 11) 
         remote.close()
     med = {c: float(np.median([t["wall_s"] for t in times[c]])) for c in CONFIGS}
     runs = {c: [_round(t) for t in times[c]] for c in CONFIGS}
-    return {"median_wall_s": med, "runs": runs, "size": size, "pace_s": pace_s}
+    return {
+        "median_wall_s": med,
+        "runs": runs,
+        "size": size,
+        "pace_s": pace_s,
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
+    }
 
 
 def _round(t: dict) -> dict:
@@ -487,11 +493,13 @@ def measure_latency(
         "p95": float(np.percentile(lat, 95)) if lat.size else float("nan"),
         "max": float(lat.max()) if lat.size else float("nan"),
         "n": int(lat.size),
+        "n_alerting_evaluations": len({(d["run"], d["energy_index"]) for d in decisions}),
         "planted": len(specs),
         "scan_s": round(scan_s, 1),
         "analyzer": stats,
         "size": size,
         "pace_s": pace_s,
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
     }
 
 
@@ -520,7 +528,7 @@ def _free_port() -> int:
 
 
 # -- figures ------------------------------------------------------------------------------------
-def _ratio(name: str, res: dict, config: str, note: str) -> dict:
+def _ratio(res: dict, config: str, note: str) -> dict:
     med = res["median_wall_s"]
     return {
         "value": round(med[config] / med["alone"], 3),
@@ -530,6 +538,7 @@ def _ratio(name: str, res: dict, config: str, note: str) -> dict:
         f"scan_with_{config}_s": round(med[config], 2),
         "frame": f"{res['size']}x{res['size']}",
         "pace_s_per_trigger": res["pace_s"],
+        "loadavg_1min_after": res["loadavg_1min_after"],
         "runs": res["runs"],
         "note": note,
     }
@@ -542,26 +551,22 @@ def run(*, quick: bool = False) -> dict[str, dict]:
     slow = measure_slowdown(size=size, repeats=1 if quick else 2, pace_s=0.1)
     figures = {
         "runengine_slowdown": _ratio(
-            "runengine_slowdown",
             fast,
             "thread",
             "analyzer in the RunEngine's process (worker thread), simulator flat out",
         ),
         "runengine_slowdown_remote": _ratio(
-            "runengine_slowdown_remote",
             fast,
             "remote",
             "analyzer in another process via bluesky 0MQ Publisher/Proxy/RemoteDispatcher "
             "(msgpack), simulator flat out",
         ),
         "runengine_slowdown_paced": _ratio(
-            "runengine_slowdown_paced",
             slow,
             "thread",
             "analyzer in the RunEngine's process, each camera trigger also waits 0.1 s",
         ),
         "runengine_slowdown_remote_paced": _ratio(
-            "runengine_slowdown_remote_paced",
             slow,
             "remote",
             "analyzer in another process, each camera trigger also waits 0.1 s",
@@ -575,6 +580,7 @@ def run(*, quick: bool = False) -> dict[str, dict]:
             "frame": f"{lat_size}x{lat_size}",
             "pace_s_per_trigger": pace,
             "n_decisions": lat["n"],
+            "n_alerting_evaluations": lat["n_alerting_evaluations"],
             "planted": lat["planted"],
         }
         figures[f"alert_latency_p95_s{suffix}"] = {
@@ -584,6 +590,9 @@ def run(*, quick: bool = False) -> dict[str, dict]:
             "p50_s": round(lat["p50"], 4),
             "max_s": round(lat["max"], 4),
             "scan_s": lat["scan_s"],
+            "evaluations": lat["evaluations"],
+            "evaluate_median_s": lat["evaluate_median_s"],
+            "loadavg_1min_after": lat["loadavg_1min_after"],
             "analyzer": lat["analyzer"],
             "decisions": lat["decisions"],
         }
