@@ -103,6 +103,8 @@ def check_energies(energies_ev) -> np.ndarray:
         raise ValueError("energies_ev contains non-finite values")
     if e.size > 1 and not np.all(np.diff(e) > 0):
         raise ValueError("energies_ev must be strictly ascending (sort the cube rows first)")
+    if e.size and e[-1] < 100.0:
+        raise ValueError(f"energies_ev must be in eV, got values up to {e[-1]:g} (keV?)")
     return e
 
 

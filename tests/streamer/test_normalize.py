@@ -101,6 +101,8 @@ def test_few_pre_edge_points_give_a_constant_pre_edge():
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="ascending"):
         check_energies([7700.0, 7690.0])
+    with pytest.raises(ValueError, match="in eV"):
+        check_energies([7.70, 7.75])
     with pytest.raises(ValueError, match="non-finite"):
         check_energies([7700.0, np.nan])
     with pytest.raises(ValueError, match="shape"):
