@@ -147,7 +147,7 @@ class CampaignModel:
     clip, far_factor, min_new_pixels, min_new_fraction, max_clusters, batch_size
         Pixel level: z-score clip, new-cluster rules (:mod:`~streamer.learning.pixel_clusters`),
         mini-batch size.
-    kind_z, field_offset, max_population
+    kind_z, field_offset, correlation_pseudo_count, max_population
         Particle level (:mod:`~streamer.learning.particle_scoring`); bound of the population
         buffer (:mod:`~streamer.learning.population`).
     drift_threshold, drift_delta
@@ -180,6 +180,7 @@ class CampaignModel:
         batch_size: int = 4096,
         kind_z: float = 3.0,
         field_offset: float = 0.5,
+        correlation_pseudo_count: float = 10.0,
         max_population: int = 100_000,
         drift_threshold: float = 4.0,
         drift_delta: float = 0.5,
@@ -206,6 +207,7 @@ class CampaignModel:
         self.threshold = float(threshold)
         self.kind_z = float(kind_z)
         self.field_offset = float(field_offset)
+        self.correlation_pseudo_count = float(correlation_pseudo_count)
         self._options = {
             "n_clusters": int(n_clusters),
             "scaler": scaler,
@@ -382,6 +384,7 @@ class CampaignModel:
             threshold=self.threshold,
             kind_z=self.kind_z,
             field_offset=self.field_offset,
+            correlation_pseudo_count=self.correlation_pseudo_count,
             provisional=provisional,
         )
 
@@ -432,6 +435,7 @@ class CampaignModel:
                 "threshold": self.threshold,
                 "kind_z": self.kind_z,
                 "field_offset": self.field_offset,
+                "correlation_pseudo_count": self.correlation_pseudo_count,
                 **self._options,
                 "prior": {a: asdict(p) for a, p in self.prior.items()},
             },

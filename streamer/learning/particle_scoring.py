@@ -63,6 +63,7 @@ __all__ = ["ParticleScore", "score_field", "table_vectors"]
 logger = logging.getLogger(__name__)
 
 _VAR_MEDIAN = np.pi / 2.0  # var(median) = (pi/2) sigma^2 / n for Gaussian data
+_P2_INFLATION = 1.3  # river's P² running median adds about 30 % to that variance (measured)
 _SE_MEDIAN = 1.2533 / 1.3489795  # standard error of a median from the IQR, times 1/sqrt(n)
 
 
@@ -123,7 +124,8 @@ def _blend(
         num, den = num + n_p * p_spread**2, den + n_p
     f_med = float(np.median(others)) if n_f else np.nan
     if n_f >= 5:
-        f_spread = 1.4826 * float(np.median(np.abs(others - f_med)))
+        # MAD of a handful of values is biased low: n / (n - 0.8) roughly undoes it
+        f_spread = 1.4826 * float(np.median(np.abs(others - f_med))) * n_f / (n_f - 0.8)
         num, den = num + n_f * f_spread**2, den + n_f
     if den > 0 and num > 0:
         s2 = num / den
@@ -136,7 +138,7 @@ def _blend(
         precisions.append(1.0 / prior.location_sd**2)
         locations.append(prior.location)
     if n_p >= 1 and np.isfinite(p_med):
-        precisions.append(n_p / (_VAR_MEDIAN * s2))
+        precisions.append(n_p / (_P2_INFLATION * _VAR_MEDIAN * s2))
         locations.append(p_med)
     if n_f >= 1:
         precisions.append(1.0 / (_VAR_MEDIAN * s2 / n_f + field_offset**2 * s2))
