@@ -122,21 +122,72 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="analyse live documents from another process (bluesky 0MQ proxy)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Run the analyzer as its own service, fed by the RunEngine's documents through "
-            "bluesky's "
-            "0MQ proxy. On the RunEngine side publish with a JSON serializer (see README)."
+            "Run the analyzer as its own service, fed by the RunEngine's documents through\n"
+            "bluesky's 0MQ proxy (bluesky-0MQ-proxy --in-address 127.0.0.1:5567\n"
+            "--out-address 127.0.0.1:5568).\n"
+            "The service never unpickles: on the RunEngine side publish with txm-streamer's\n"
+            "serializer, and archive the runs if you want catch-up after a restart:\n\n"
+            "    from bluesky.callbacks.zmq import Publisher\n"
+            "    from streamer.wire import dumps\n"
+            '    RE.subscribe(Publisher("127.0.0.1:5567", serializer=dumps))\n'
+            "    from callbacks.handlers import HANDLER_REGISTRY\n"
+            "    from streamer.archive import Archiver\n"
+            '    RE.subscribe(Archiver("/data/txm-catalog", handler_registry=HANDLER_REGISTRY))\n'
+        ),
+        epilog=(
+            "Restart with the same --out (and --checkpoint, --catalog): the campaign model\n"
+            "resumes, runs missed while the service was down are analysed from --catalog first,\n"
+            "and no alert state is published twice (OUT/journal/). Lag and counters:\n"
+            "OUT/serve-status.json. SIGINT/SIGTERM: analyse what was received, save the\n"
+            "checkpoint, exit 0. See docs/serve.md."
         ),
     )
     p.add_argument(
         "--source",
         required=True,
-        help="document source, e.g. zmq://127.0.0.1:5568 (the proxy's outbound port)",
+        help="document source, zmq://HOST:PORT (the proxy's outbound port), e.g. zmq://127.0.0.1:5568",
     )
     p.add_argument("--out", default="txm-streamer-output", help="output directory")
     p.add_argument("--endpoint", default=DEFAULT_ALERT_ENDPOINT, help="alert endpoint")
     p.add_argument(
-        "--checkpoint", default=None, help="campaign checkpoint file (resumed if present)"
+        "--checkpoint",
+        default=None,
+        help="campaign checkpoint file, resumed if present (default: OUT/campaign-checkpoint.npz)",
+    )
+    p.add_argument(
+        "--catalog",
+        default=None,
+        metavar="DIR",
+        help="catalog the RunEngine side archives into: runs missed while down are analysed first",
+    )
+    p.add_argument(
+        "--lag-warning",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="warn (and fire a data_quality alert) when documents arrive this late (default: 30)",
+    )
+    p.add_argument(
+        "--status-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often lag and counters are logged and written to OUT/serve-status.json",
+    )
+    p.add_argument(
+        "--wait-for-subscribers",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for a first alert subscriber before analysing (default: 0)",
+    )
+    p.add_argument(
+        "--journal-fsync",
+        choices=("line", "batch", "never"),
+        default="line",
+        help="force each journal record to disk (line), about once a second (batch), or never",
     )
     p.set_defaults(_run="callbacks.serve:run")
 
