@@ -332,4 +332,10 @@ class AlertPublisher:
         if self._log is not None:
             self._log.close()
         if self._own_context and not self._thread.is_alive():
-            self._context.term()  # waits up to ``linger`` for queued messages to leave
+            # term() waits up to ``linger`` for queued messages to leave, but libzmq can hang in
+            # it in rare cases (zeromq/libzmq#2586): give it a bounded wait on a helper thread.
+            terminator = threading.Thread(target=self._context.term, daemon=True)
+            terminator.start()
+            terminator.join(self.linger + 1.0)
+            if terminator.is_alive():
+                log.warning("ZeroMQ context of %r did not terminate; abandoning it", self)
