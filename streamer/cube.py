@@ -118,7 +118,7 @@ class SpectralCube:
     stack_average : {"auto", "median", "trimmed_mean", "mean"}
         How the exposures of a stack are averaged (:func:`~streamer.flatfield.robust_average`).
     fill_value : float
-        Value stored for masked pixels (keep it finite so that nothing downstream sees NaN).
+        Value stored for masked pixels; finite, so that nothing downstream sees NaN.
     capacity : int
         Initial rows of a growing cube.
     max_cached_flats : int
@@ -177,6 +177,10 @@ class SpectralCube:
         self.stack_average, self.fill_value, self.block_rows = stack_average, fill_value, block_rows
         self.max_cached_flats, self.bright_percentile = max_cached_flats, bright_percentile
         self.prefault = prefault
+        if not math.isfinite(fill_value):
+            raise ValueError(
+                f"fill_value must be finite (nothing downstream sees NaN), got {fill_value}"
+            )
         self.n_threads = n_threads or max(1, min(2, os.cpu_count() or 1))
         self.tracker = drift_tracker or DriftTracker(reference=reference)
         planned = None if energies is None else np.unique(np.asarray(energies, np.float64))
@@ -541,18 +545,19 @@ class SpectralCube:
             for b0 in range(r0, r1, step):
                 rows = (b0, min(r1, b0 + step))
                 if self.register:
-                    apply_shift(self._work, drift, out=dst, fill=np.nan, rows=rows,
+                    apply_shift(self._work, drift, out=dst, fill=self.fill_value, rows=rows,
                                 block_rows=step, scratch=sc.shift)  # fmt: skip
                 n_bad += mask_nonfinite_rows(dst, valid, self.fill_value, rows=rows, scratch=sc)
             counts.append(n_bad)
 
         self._run(finish)
-        border = 0
-        if self.register:
+        if self.register:  # the border the shift left without data: filled, and not valid
             ys, xs = covered_region(self._shape, drift)
+            valid[: ys.start], valid[ys.stop :] = False, False
+            valid[:, : xs.start], valid[:, xs.stop :] = False, False
             border = self._valid.size - (ys.stop - ys.start) * (xs.stop - xs.start)
-        self.counters_["border_pixels"] += border
-        self.counters_["masked_values"] += sum(counts) - border
+            self.counters_["border_pixels"] += border
+        self.counters_["masked_values"] += sum(counts)
         self._ready[row], self._shifts[row] = True, drift
         self.timings_["average_normalise"] += t1 - t0
         self.timings_["register"] += t2 - t1

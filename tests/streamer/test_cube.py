@@ -320,6 +320,8 @@ def test_invalid_options():
         SpectralCube(stack_average="mode")
     with pytest.raises(ValueError, match="empty"):
         SpectralCube(energies=[])
+    with pytest.raises(ValueError, match="finite"):
+        SpectralCube(fill_value=np.nan)
     with pytest.raises(IndexError):
         SpectralCube(frame_shape=SHAPE).image(0)
 
