@@ -119,7 +119,12 @@ def to_jsonable(obj: Any) -> Any:
     >>> to_jsonable({"a": np.float32(1.5), "b": np.arange(2), "c": float("nan")})
     {'a': 1.5, 'b': [0, 1], 'c': None}
     """
-    if obj is None or isinstance(obj, (str, bool)):
+    cls = type(obj)
+    if obj is None or cls is str or cls is bool or cls is int:  # fast path for plain JSON types
+        return obj
+    if cls is dict:
+        return {k if type(k) is str else str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (str, bool)):
         return obj
     if isinstance(obj, int):
         return int(obj)

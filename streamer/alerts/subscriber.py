@@ -237,7 +237,11 @@ class AlertSubscriber:
             self._sync(epoch, beat["publisher"], base=min(first_buffered, seq))
             return
         endpoint = self.snapshot_endpoint or beat.get("snapshot_endpoint")
-        if not self.snapshot_endpoint and beat.get("snapshot_port") and "tcp://" in self.endpoint:
+        if (
+            not self.snapshot_endpoint
+            and beat.get("snapshot_port")
+            and self.endpoint.startswith("tcp://")
+        ):
             endpoint = with_port(self.endpoint, beat["snapshot_port"])
         try:
             if not endpoint:
