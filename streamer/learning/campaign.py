@@ -11,7 +11,8 @@
 ``score_particles(fov_key, table, provisional=...)``
     Particle level (:mod:`streamer.learning.particle_scoring`): the table's particles against the
     population so far, their neighbours and the LiCoO2 prior. Learns nothing, so provisional
-    values never leak into the model.
+    values never leak into the model. Provisional values (scan still running) are biased alike
+    for the whole field, so then the neighbours set the reference (``provisional_offset``).
 ``learn_particles(fov_key, table)``
     Once per field, at the end of its scan, with confirmed values. **Population rule**: the table
     is scored first and only particles scoring at or below the threshold are learned; anomalous
@@ -148,7 +149,7 @@ class CampaignModel:
     clip, far_factor, min_new_pixels, min_new_fraction, max_clusters, batch_size
         Pixel level: z-score clip, new-cluster rules (:mod:`~streamer.learning.pixel_clusters`),
         mini-batch size.
-    kind_z, field_offset, correlation_pseudo_count, max_population
+    kind_z, field_offset, correlation_pseudo_count, provisional_offset, max_population
         Particle level (:mod:`~streamer.learning.particle_scoring`); bound of the population
         buffer (:mod:`~streamer.learning.population`).
     drift_threshold, drift_delta
@@ -182,6 +183,7 @@ class CampaignModel:
         kind_z: float = 3.0,
         field_offset: float = 0.5,
         correlation_pseudo_count: float = 10.0,
+        provisional_offset: float = 3.0,
         max_population: int = 100_000,
         drift_threshold: float = 4.0,
         drift_delta: float = 0.5,
@@ -209,6 +211,7 @@ class CampaignModel:
         self.kind_z = float(kind_z)
         self.field_offset = float(field_offset)
         self.correlation_pseudo_count = float(correlation_pseudo_count)
+        self.provisional_offset = float(provisional_offset)
         self._options = {
             "n_clusters": int(n_clusters),
             "scaler": scaler,
@@ -387,6 +390,7 @@ class CampaignModel:
             field_offset=self.field_offset,
             correlation_pseudo_count=self.correlation_pseudo_count,
             provisional=provisional,
+            provisional_offset=self.provisional_offset,
         )
 
     def learn_particles(self, fov_key: str, table: Sequence[Mapping]) -> list[ParticleScore]:
@@ -437,6 +441,7 @@ class CampaignModel:
                 "kind_z": self.kind_z,
                 "field_offset": self.field_offset,
                 "correlation_pseudo_count": self.correlation_pseudo_count,
+                "provisional_offset": self.provisional_offset,
                 **self._options,
                 "prior": {a: asdict(p) for a, p in self.prior.items()},
             },

@@ -118,8 +118,13 @@ def _blend(
     prior: AttributePrior | None,
     pop: tuple[float, float, int],
     field_offset: float,
+    offset_var: float = 0.0,
 ) -> tuple[float, float, float]:
-    """Location, spread and variance of the location for one attribute (NaN: no reference)."""
+    """Location, spread and variance of the location for one attribute (NaN: no reference).
+
+    ``offset_var`` (in units of the spread squared) is added to the variance of the prior's and
+    the population's locations: how far provisional values may sit from confirmed ones.
+    """
     others = x_other[np.isfinite(x_other)]
     n_f = others.size
     p_med, p_spread, n_p = pop
@@ -143,10 +148,10 @@ def _blend(
         return np.nan, np.nan, np.nan
     precisions, locations = [], []
     if prior is not None and prior.location is not None:
-        precisions.append(1.0 / prior.location_sd**2)
+        precisions.append(1.0 / (prior.location_sd**2 + offset_var * s2))
         locations.append(prior.location)
     if n_p >= 1 and np.isfinite(p_med):
-        precisions.append(n_p / (_P2_INFLATION * _VAR_MEDIAN * s2))
+        precisions.append(1.0 / (_P2_INFLATION * _VAR_MEDIAN * s2 / n_p + offset_var * s2))
         locations.append(p_med)
     if n_f >= 1:
         precisions.append(1.0 / (_VAR_MEDIAN * s2 / n_f + field_offset**2 * s2))
@@ -192,8 +197,16 @@ def score_field(
     field_offset: float = 0.5,
     correlation_pseudo_count: float = 10.0,
     provisional: bool = False,
+    provisional_offset: float = 3.0,
 ) -> list[ParticleScore]:
-    """Score every particle of one field (see the module docstring). Pure: learns nothing."""
+    """Score every particle of one field (see the module docstring). Pure: learns nothing.
+
+    With ``provisional`` the values come from a scan still running (part of the post-edge
+    missing), which biases every particle of the field alike; the prior's and population's
+    locations then get an extra uncertainty of ``provisional_offset`` spreads, so that the
+    neighbours in the field (measured on the same energies) set the reference.
+    """
+    offset_var = float(provisional_offset) ** 2 if provisional else 0.0
     attrs = population.attributes
     X, se, ids = table_vectors(table, attrs)
     w_all = np.array([float(weights.get(a, 0.0)) for a in attrs])
@@ -207,7 +220,11 @@ def score_field(
             if w_all[j] <= 0 or not np.isfinite(X[i, j]):
                 continue
             location, spread, v_loc = _blend(
-                others[:, j], priors.get(a), (p_med[j], p_spread[j], int(p_n[j])), field_offset
+                others[:, j],
+                priors.get(a),
+                (p_med[j], p_spread[j], int(p_n[j])),
+                field_offset,
+                offset_var,
             )
             if np.isfinite(location):
                 loc[j] = location

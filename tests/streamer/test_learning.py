@@ -235,3 +235,19 @@ def test_checkpoint_round_trip_gives_identical_results(tmp_path):
     assert [s.to_dict() for s in model.score_particles("y", camp[0][1])] == [
         s.to_dict() for s in clone.score_particles("y", camp[0][1])
     ]
+
+
+def test_provisional_bias_shared_by_the_field_is_not_an_alert():
+    """Early in a scan every particle's white line reads low; the odd particle still stands out."""
+    camp = synthetic_campaign(seed=13, n_fields=6)
+    model = CampaignModel(seed=0)
+    run_campaign(model, camp[:5])
+    key, table, _ = synthetic_campaign(seed=14, n_fields=1, n_particles=9)[0]
+    for row in table:
+        row["white_line_height_median"] -= 0.2  # post-edge incomplete: 4 spreads low
+        row["e0_half_median"] += 0.5
+    assert not any(s.anomalous for s in model.score_particles(key, table, provisional=True))
+    table[4]["e0_half_median"] -= 4.0
+    flagged = [s for s in model.score_particles(key, table, provisional=True) if s.anomalous]
+    assert [(s.id, s.kind_guess) for s in flagged] == [(table[4]["id"], "reduced")]
+    assert sum(s.anomalous for s in model.score_particles(key, table, provisional=False)) >= 3
