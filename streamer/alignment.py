@@ -16,7 +16,7 @@ complete spectra are scored without any alignment.
 >>> table = [{"id": i, "white_line_height_median": h} for i, h in enumerate([1.4, 1.5, 1.45, 1.9])]
 >>> aligned = align_provisional_table(table, {"white_line_height": 1.7})
 >>> [round(r["white_line_height_median"], 2) for r in aligned]
-[1.62, 1.74, 1.68, 2.2]
+[1.61, 1.73, 1.67, 2.19]
 """
 
 from __future__ import annotations
