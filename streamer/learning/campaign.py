@@ -15,8 +15,9 @@
     for the whole field, so then the neighbours set the reference (``provisional_offset``).
 ``learn_particles(fov_key, table)``
     Once per field, at the end of its scan, with confirmed values. **Population rule**: the table
-    is scored first and only particles scoring at or below the threshold are learned; anomalous
-    particles never enter the population (they would widen it and hide the next one). A field
+    is scored first and only reliable particles scoring at or below the threshold are learned;
+    anomalous particles never enter the population (they would widen it and hide the next one),
+    nor do unreliable ones (fit quality far off: fragments, failed fits). A field
     key is learned once; repeats are ignored with a warning. The field's particle medians (all
     particles) go to the drift monitor (:mod:`streamer.learning.drift`).
 ``drift_events()``, ``save(path)``, ``CampaignModel.load(path)``
@@ -149,7 +150,7 @@ class CampaignModel:
     clip, far_factor, min_new_pixels, min_new_fraction, max_clusters, batch_size
         Pixel level: z-score clip, new-cluster rules (:mod:`~streamer.learning.pixel_clusters`),
         mini-batch size.
-    kind_z, field_offset, correlation_pseudo_count, provisional_offset, max_population
+    kind_z, field_offset, correlation_pseudo_count, provisional_offset, quality_z, max_population
         Particle level (:mod:`~streamer.learning.particle_scoring`); bound of the population
         buffer (:mod:`~streamer.learning.population`).
     drift_threshold, drift_delta
@@ -184,6 +185,7 @@ class CampaignModel:
         field_offset: float = 0.5,
         correlation_pseudo_count: float = 10.0,
         provisional_offset: float = 3.0,
+        quality_z: float = 8.0,
         max_population: int = 100_000,
         drift_threshold: float = 4.0,
         drift_delta: float = 0.5,
@@ -212,6 +214,7 @@ class CampaignModel:
         self.field_offset = float(field_offset)
         self.correlation_pseudo_count = float(correlation_pseudo_count)
         self.provisional_offset = float(provisional_offset)
+        self.quality_z = float(quality_z)
         self._options = {
             "n_clusters": int(n_clusters),
             "scaler": scaler,
@@ -391,6 +394,7 @@ class CampaignModel:
             correlation_pseudo_count=self.correlation_pseudo_count,
             provisional=provisional,
             provisional_offset=self.provisional_offset,
+            quality_z=self.quality_z,
         )
 
     def learn_particles(self, fov_key: str, table: Sequence[Mapping]) -> list[ParticleScore]:
@@ -400,7 +404,9 @@ class CampaignModel:
             return []
         scores = self.score_particles(fov_key, table, provisional=False)
         X, _, _ = table_vectors(table, self.particle_attributes)
-        keep = np.array([np.isfinite(s.score) and not s.anomalous for s in scores], dtype=bool)
+        keep = np.array(
+            [np.isfinite(s.score) and s.reliable and not s.anomalous for s in scores], dtype=bool
+        )
         if keep.any():
             self.population.learn(X[keep])
         self.n_held_out_ += int((~keep).sum())
@@ -442,6 +448,7 @@ class CampaignModel:
                 "field_offset": self.field_offset,
                 "correlation_pseudo_count": self.correlation_pseudo_count,
                 "provisional_offset": self.provisional_offset,
+                "quality_z": self.quality_z,
                 **self._options,
                 "prior": {a: asdict(p) for a, p in self.prior.items()},
             },

@@ -52,7 +52,8 @@ compared with, the spread used for z, z itself and ``z_given_others`` (the stand
 the attribute given the others, from ``R^-1``): "white-line height 2.3, expected 1.9 +- 0.06 for
 this edge position". ``kind_guess``: ``"reduced"`` when the edge is low (z <= -kind_z),
 ``"white_line"`` when the white-line height is high (z or z_given_others >= kind_z), else
-``"other"``.
+``"other"``; ``"unreliable"`` (never anomalous, never learned) when the fit quality is far off
+(see :func:`score_field`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class ParticleScore:
     provisional: bool = False
     n_population: int = 0
     n_neighbours: int = 0
+    reliable: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +200,7 @@ def score_field(
     correlation_pseudo_count: float = 10.0,
     provisional: bool = False,
     provisional_offset: float = 3.0,
+    quality_z: float = 8.0,
 ) -> list[ParticleScore]:
     """Score every particle of one field (see the module docstring). Pure: learns nothing.
 
@@ -205,6 +208,11 @@ def score_field(
     missing), which biases every particle of the field alike; the prior's and population's
     locations then get an extra uncertainty of ``provisional_offset`` spreads, so that the
     neighbours in the field (measured on the same energies) set the reference.
+
+    A particle whose fit quality is far worse than the population's (``r_squared`` more than
+    ``quality_z`` spreads low, or ``pre_edge_noise`` as much high: typically a fragment of a few
+    pixels at an edge, or a failed fit) is scored but marked ``reliable=False`` and never
+    ``anomalous``: its chemistry cannot be judged.
     """
     offset_var = float(provisional_offset) ** 2 if provisional else 0.0
     attrs = population.attributes
@@ -263,20 +271,29 @@ def score_field(
             }
             for k, j in enumerate(active)
         }
+        reliable = _reliable(drivers, quality_z)
         scores.append(
             ParticleScore(
                 id=int(ids[i]),
                 score=score,
                 threshold=float(threshold),
-                anomalous=bool(score > threshold),
-                kind_guess=guess_kind(drivers, kind_z=kind_z),
+                anomalous=bool(score > threshold) and reliable,
+                kind_guess=guess_kind(drivers, kind_z=kind_z) if reliable else "unreliable",
                 drivers=drivers,
                 provisional=provisional,
                 n_population=int(p_n[active].min()),
                 n_neighbours=int(np.isfinite(others[:, active]).all(axis=1).sum()),
+                reliable=reliable,
             )
         )
     return scores
+
+
+def _reliable(drivers: Mapping[str, Mapping[str, float]], quality_z: float) -> bool:
+    """False when the fit quality is far worse than the population's (R^2 low, noise high)."""
+    r2 = drivers.get("r_squared", {}).get("z", 0.0)
+    noise = drivers.get("pre_edge_noise", {}).get("z", 0.0)
+    return r2 > -quality_z and noise < quality_z
 
 
 def guess_kind(drivers: Mapping[str, Mapping[str, float]], *, kind_z: float = 3.0) -> str:

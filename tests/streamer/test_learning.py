@@ -251,3 +251,18 @@ def test_provisional_bias_shared_by_the_field_is_not_an_alert():
     flagged = [s for s in model.score_particles(key, table, provisional=True) if s.anomalous]
     assert [(s.id, s.kind_guess) for s in flagged] == [(table[4]["id"], "reduced")]
     assert sum(s.anomalous for s in model.score_particles(key, table, provisional=False)) >= 3
+
+
+def test_fragment_with_a_failed_fit_is_unreliable_not_anomalous():
+    camp = synthetic_campaign(seed=15, n_fields=4)
+    model = CampaignModel(seed=0)
+    run_campaign(model, camp[:3])
+    key, table, _ = camp[3]
+    table[0]["r_squared_median"] = 0.4  # a 20-pixel fragment at a particle's rim
+    table[0]["e0_half_median"] += 9.0
+    (junk,) = [s for s in model.score_particles(key, table, provisional=True) if s.id == 1]
+    assert not junk.reliable and not junk.anomalous and junk.kind_guess == "unreliable"
+    assert junk.score > junk.threshold and junk.drivers["r_squared"]["z"] < -8
+    n_before = model.population.n_learned_
+    model.learn_particles(key, table)
+    assert model.population.n_learned_ - n_before == len(table) - 1
