@@ -3,11 +3,9 @@
 :class:`CampaignModel` is the one object the analyzer talks to (``streamer.session``):
 
 ``observe_field(fov_key, attributes, valid)``
-    Pixel level. Valid pixels (finite weighted attributes within ``valid_ranges``, the
-    half-jump edge below the white-line energy) are standardised with running campaign statistics
-    (:class:`~streamer.learning.standardize.RunningScaler`), weighted as in the seed study and
-    clustered online (:class:`~streamer.learning.pixel_clusters.OnlinePixelClusters`). Returns a
-    cluster map (``int16``, ``-1`` masked) and the :class:`NewClusterEvent` s of the field.
+    Pixel level (:mod:`streamer.learning.pixel_model`): valid pixels standardised with running
+    campaign statistics, weighted as in the seed study and clustered online. Returns a cluster
+    map (``int16``, ``-1`` masked) and the field's :class:`NewClusterEvent` s.
 ``score_particles(fov_key, table, provisional=...)``
     Particle level (:mod:`streamer.learning.particle_scoring`): the table's particles against the
     population so far, their neighbours and the LiCoO2 prior. Learns nothing, so provisional
@@ -24,10 +22,6 @@
     Population drift events for ``data_quality`` alerts; a pickle-free checkpoint
     (:mod:`streamer.learning.checkpoint`). Scores are deterministic for a given sequence of calls
     and seed, and identical after a save/load round trip.
-
-After each learned field the centres are consolidated by a few Lloyd iterations on the
-scaler's reservoir (a uniform sample of every pixel of the campaign), so what the first field
-taught the mini-batch updates is corrected once later fields show the campaign's structure.
 
 Seed-study check (real maps of three LiCoO2 particles, streamed particle by particle,
 ``tests/streamer/test_learning_seed.py``): adjusted Rand index 0.63 against the authors' k-means
@@ -62,19 +56,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 
 from streamer.learning.checkpoint import read_checkpoint, write_checkpoint
 from streamer.learning.drift import DriftEvent, PopulationDriftMonitor
 from streamer.learning.particle_scoring import ParticleScore, score_field, table_vectors
-from streamer.learning.pixel_clusters import OnlinePixelClusters
+from streamer.learning.pixel_model import NewClusterEvent, PixelModel, PixelResult
 from streamer.learning.population import ParticlePopulation
 from streamer.learning.prior import ATTRIBUTES, DEFAULT_WEIGHTS, LICOO2_CO_K_PRIOR, AttributePrior
-from streamer.learning.standardize import RunningScaler
 
-__all__ = ["DEFAULT_THRESHOLD", "CampaignModel", "NewClusterEvent", "PixelResult"]
+__all__ = ["DEFAULT_THRESHOLD", "CampaignModel", "NewClusterEvent", "PixelResult"]  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -82,45 +75,8 @@ logger = logging.getLogger(__name__)
 #: one false alert per 100 normal particles (measured 0.14 % on simulated campaigns, 0.59 % on
 #: synthetic ones; see :mod:`streamer.learning.particle_scoring`).
 DEFAULT_THRESHOLD = 4.0
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2
 _ENERGY_ATTRIBUTES = ("e0_half", "e0_deriv", "white_line_energy")
-
-
-@dataclass(frozen=True)
-class NewClusterEvent:
-    """A new pixel cluster appeared in a field (JSON-able via ``dataclasses.asdict``)."""
-
-    cluster_id: int
-    fov_key: str
-    n_pixels: int
-    fraction: float
-    nearest_cluster: int
-    distance: float
-    center: dict[str, float]
-    message: str
-
-
-@dataclass
-class PixelResult:
-    """Pixel-level result of one field.
-
-    Attributes
-    ----------
-    cluster_map : int16 (n_pixels,)
-        Cluster id per pixel, ``-1`` where masked or not yet clusterable.
-    new_clusters : list of NewClusterEvent
-    distance : float32 (n_pixels,)
-        Distance to the assigned centre (weighted z units), NaN where masked.
-    n_valid, n_rejected : int
-        Pixels clustered; pixels valid per the mask but rejected (NaN attribute, a value
-        outside ``valid_ranges``, or the edge at or above the white line).
-    """
-
-    cluster_map: np.ndarray
-    new_clusters: list[NewClusterEvent] = field(default_factory=list)
-    distance: np.ndarray | None = None
-    n_valid: int = 0
-    n_rejected: int = 0
 
 
 class CampaignModel:
@@ -231,16 +187,19 @@ class CampaignModel:
             "drift_delta": float(drift_delta),
             "consolidate": bool(consolidate),
         }
-        self._w = np.array([self.weights[a] for a in self.pixel_attributes])
-        self.scaler = RunningScaler(len(self.pixel_attributes), method=scaler, clip=clip, seed=seed)
-        self.clusters = OnlinePixelClusters(
+        self.pixels = PixelModel(
+            self.weights,
+            valid_ranges=self.valid_ranges,
+            scaler=scaler,
+            clip=clip,
+            consolidate=consolidate,
+            seed=seed,
             n_clusters=n_clusters,
             batch_size=batch_size,
             far_factor=far_factor,
             min_new_pixels=min_new_pixels,
             min_new_fraction=min_new_fraction,
             max_clusters=max_clusters,
-            seed=seed,
         )
         self.particle_attributes = tuple(self.particle_weights)
         self.population = ParticlePopulation(
@@ -254,40 +213,12 @@ class CampaignModel:
         self.drift = PopulationDriftMonitor(
             watched, detector=drift_detector, threshold=drift_threshold, delta=drift_delta
         )
-        self.new_cluster_events_: list[NewClusterEvent] = []
         self._pending_drift: list[DriftEvent] = []
         self.drift_events_: list[DriftEvent] = []
-        self.pixel_fields_: list[str] = []
         self.particle_fields_: list[str] = []
         self.n_held_out_ = 0
 
     # -- pixel level ------------------------------------------------------------------------
-    def _pixel_matrix(self, attributes: Mapping[str, np.ndarray], valid: np.ndarray):
-        missing = [a for a in self.pixel_attributes if a not in attributes]
-        if missing:
-            raise KeyError(f"observe_field needs attributes {missing} (weights > 0)")
-        valid = np.asarray(valid, dtype=bool).ravel()
-        cols = []
-        for a in self.pixel_attributes:
-            col = np.asarray(attributes[a], dtype=np.float64).ravel()
-            if col.size != valid.size:
-                raise ValueError(f"attribute {a!r} has {col.size} pixels, valid has {valid.size}")
-            cols.append(col)
-        X = np.stack(cols, axis=1)
-        ok = valid & np.isfinite(X).all(axis=1)
-        if "e0_half" in self.pixel_attributes and "white_line_energy" in self.pixel_attributes:
-            i, j = (
-                self.pixel_attributes.index("e0_half"),
-                self.pixel_attributes.index("white_line_energy"),
-            )
-            with np.errstate(invalid="ignore"):
-                ok &= X[:, i] < X[:, j]  # the half-jump edge precedes the white-line maximum
-        with np.errstate(invalid="ignore"):
-            for k, a in enumerate(self.pixel_attributes):
-                lo, hi = self.valid_ranges.get(a, (-np.inf, np.inf))
-                ok &= (X[:, k] >= lo) & (X[:, k] <= hi)
-        return X, valid, ok
-
     def observe_field(
         self,
         fov_key: str,
@@ -296,87 +227,31 @@ class CampaignModel:
         *,
         learn: bool = True,
     ) -> PixelResult:
-        """Cluster one field's pixels and, with ``learn``, update the campaign model with them."""
-        X, valid, ok = self._pixel_matrix(attributes, valid)
-        n_rejected = int(valid.sum() - ok.sum())
-        if n_rejected:
-            logger.info(
-                "field %s: %d valid pixels rejected (NaN, out of range, or edge >= white line)",
-                fov_key,
-                n_rejected,
-            )
-        if learn and fov_key in self.pixel_fields_:
-            logger.warning(
-                "field %s was already learned at the pixel level: not learned again", fov_key
-            )
-            learn = False
-        events: list[NewClusterEvent] = []
-        if learn and ok.any():
-            c_old, s_old = self.scaler.center_.copy(), self.scaler.scale_.copy()
-            self.scaler.update(X[ok])
-            c_new, s_new = self.scaler.center_, self.scaler.scale_
-            self.clusters.rebase(s_old / s_new, self._w * (c_old - c_new) / s_new)
-            Z = self.scaler.transform(X[ok]) * self._w
-            spawned = self.clusters.fit_field(Z)
-            if self._options["consolidate"]:
-                self.clusters.consolidate(self.scaler.transform(self.scaler.reservoir_) * self._w)
-            if spawned:
-                labels, _ = self.clusters.predict(Z)
-                for sp in spawned:
-                    members = X[ok][labels == sp.cluster_id]
-                    events.append(self._new_cluster_event(fov_key, sp, members))
-            self.pixel_fields_.append(str(fov_key))
-            self.new_cluster_events_.extend(events)
-        cluster_map = np.full(valid.size, -1, dtype=np.int16)
-        distance = np.full(valid.size, np.nan, dtype=np.float32)
-        if self.clusters.fitted and ok.any():
-            Z = self.scaler.transform(X[ok]) * self._w
-            labels, dist = self.clusters.predict(Z)
-            cluster_map[ok] = labels.astype(np.int16)
-            distance[ok] = dist.astype(np.float32)
-        return PixelResult(cluster_map, events, distance, int(ok.sum()), n_rejected)
+        """Cluster one field's pixels and, with ``learn``, update the campaign model with them.
 
-    def _raw_center(self, z_weighted: np.ndarray) -> dict[str, float]:
-        raw = z_weighted / self._w * self.scaler.scale_ + self.scaler.center_
-        return {a: round(float(v), 5) for a, v in zip(self.pixel_attributes, raw, strict=True)}
+        ``attributes``: per-pixel arrays ``(n_pixels,)`` by name (NaN = masked); ``valid``: bool
+        ``(n_pixels,)``. See :class:`~streamer.learning.pixel_model.PixelModel`.
+        """
+        return self.pixels.observe(fov_key, attributes, valid, learn=learn)
 
-    def _new_cluster_event(self, fov_key: str, sp, members: np.ndarray) -> NewClusterEvent:
-        # The centre in attribute units is the median of the field's pixels now in the cluster
-        # (z-scores are clipped, so the model-space centre understates a far population).
-        if members.shape[0]:
-            raw = np.median(members, axis=0)
-            center = {
-                a: round(float(v), 5) for a, v in zip(self.pixel_attributes, raw, strict=True)
-            }
-        else:
-            center = self._raw_center(sp.center)
-        near = self._raw_center(self.clusters.centers_[sp.nearest_cluster])
-        diffs = sorted(
-            ((a, center[a] - near[a]) for a in center),
-            key=lambda kv: (
-                -abs(kv[1])
-                * self.weights[kv[0]]
-                / max(self.scaler.scale_[self.pixel_attributes.index(kv[0])], 1e-12)
-            ),
-        )[:2]
-        said = ", ".join(f"{a} {d:+.3g}" for a, d in diffs)
-        return NewClusterEvent(
-            cluster_id=int(sp.cluster_id),
-            fov_key=str(fov_key),
-            n_pixels=int(sp.n_pixels),
-            fraction=round(float(sp.fraction), 6),
-            nearest_cluster=int(sp.nearest_cluster),
-            distance=round(float(sp.distance), 4),
-            center=center,
-            message=(
-                f"new pixel cluster {sp.cluster_id} in field {fov_key}: {sp.n_pixels} pixels "
-                f"({100 * sp.fraction:.1f} %) unlike cluster {sp.nearest_cluster} ({said})"
-            ),
-        )
+    @property
+    def scaler(self):
+        """The running standardisation of the pixel level."""
+        return self.pixels.scaler
+
+    @property
+    def clusters(self):
+        """The online pixel clusters."""
+        return self.pixels.clusters
+
+    @property
+    def new_cluster_events_(self) -> list[NewClusterEvent]:
+        """Every new-cluster event of the campaign so far."""
+        return self.pixels.events_
 
     def cluster_centers(self) -> dict[int, dict[str, float]]:
         """Current cluster centres in attribute units (for reports)."""
-        return {i: self._raw_center(c) for i, c in enumerate(self.clusters.centers_)}
+        return self.pixels.centers()
 
     # -- particle level ---------------------------------------------------------------------
     def score_particles(
@@ -433,8 +308,7 @@ class CampaignModel:
     # -- checkpoint -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write a pickle-free checkpoint (``.npz`` with a JSON document)."""
-        scaler_meta, scaler_arrays = self.scaler.state()
-        cl_meta, cl_arrays = self.clusters.state()
+        pixel_meta, pixel_arrays = self.pixels.state()
         pop_meta, pop_arrays = self.population.state()
         meta = {
             "version": _CHECKPOINT_VERSION,
@@ -452,19 +326,15 @@ class CampaignModel:
                 **self._options,
                 "prior": {a: asdict(p) for a, p in self.prior.items()},
             },
-            "scaler": scaler_meta,
-            "clusters": cl_meta,
+            "pixels": pixel_meta,
             "population": pop_meta,
             "drift": self.drift.state(),
-            "new_cluster_events": [asdict(e) for e in self.new_cluster_events_],
             "drift_events": [asdict(e) for e in self.drift_events_],
             "pending_drift": len(self._pending_drift),
-            "pixel_fields": self.pixel_fields_,
             "particle_fields": self.particle_fields_,
             "n_held_out": self.n_held_out_,
         }
-        arrays = {f"scaler.{k}": v for k, v in scaler_arrays.items()}
-        arrays.update({f"clusters.{k}": v for k, v in cl_arrays.items()})
+        arrays = {f"pixels.{k}": v for k, v in pixel_arrays.items()}
         arrays.update({f"population.{k}": v for k, v in pop_arrays.items()})
         write_checkpoint(path, meta, arrays)
 
@@ -481,15 +351,12 @@ class CampaignModel:
         def part(prefix: str) -> dict[str, np.ndarray]:
             return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
 
-        self.scaler = RunningScaler.from_state(meta["scaler"], part("scaler"))
-        self.clusters = OnlinePixelClusters.from_state(meta["clusters"], part("clusters"))
+        self.pixels.restore(meta["pixels"], part("pixels"))
         self.population = ParticlePopulation.from_state(meta["population"], part("population"))
         self.drift = PopulationDriftMonitor.from_state(meta["drift"])
-        self.new_cluster_events_ = [NewClusterEvent(**e) for e in meta["new_cluster_events"]]
         self.drift_events_ = [DriftEvent(**e) for e in meta["drift_events"]]
         n_pending = int(meta["pending_drift"])
         self._pending_drift = self.drift_events_[len(self.drift_events_) - n_pending :]
-        self.pixel_fields_ = list(meta["pixel_fields"])
         self.particle_fields_ = list(meta["particle_fields"])
         self.n_held_out_ = int(meta["n_held_out"])
         return self
