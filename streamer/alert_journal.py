@@ -271,7 +271,9 @@ class JournaledSink:
     publisher that never saw the fingerprint firing; the publisher would drop a resolution of an
     alert it does not hold, so the sink first re-publishes the suppressed firing state (counted as
     ``restored``), then the resolution: subscribers may see that firing state twice, but never miss
-    the resolution. ``stats["restored"]`` counts these.
+    the resolution. Such a re-published alert carries ``extra["restored_after_restart"] = True``;
+    ``stats["restored"]`` counts them. (Subscribers forget the firing alerts of a publisher that
+    restarted, so for them the condition fires again, then resolves.)
     """
 
     def __init__(
@@ -313,7 +315,8 @@ class JournaledSink:
         held = self._held_back.pop(fingerprint, None)
         if held is not None and status == "resolved":
             log.info("re-publishing the firing state of %s so that it can be resolved", fingerprint)
-            restored = self.publisher.publish(held)
+            extra = {**(held.get("extra") or {}), "restored_after_restart": True}
+            restored = self.publisher.publish({**held, "extra": extra})
             if restored is not None:
                 self.counts["restored"] += 1
                 self.journal.record_alert(restored)

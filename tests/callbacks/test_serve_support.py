@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -126,21 +127,33 @@ if __name__ == "__main__":
 '''
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(pair: bool = False) -> int:
-    """A free TCP port on 127.0.0.1 (with ``pair``, also the next one is free)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not pair:
-            return port
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+    """A free TCP port on 127.0.0.1 (with ``pair``, also the next one), outside the ephemeral range.
+
+    Outside, because a client reconnecting to a port of the ephemeral range while nothing listens
+    there (a killed service) can be handed that very port as its own source port and connect to
+    itself; it then never reaches the restarted service.
+    """
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(20_000, 30_000) if not low <= p <= high + 1]
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for port in rng.sample(candidates, 200):
+        try:
+            for candidate in (port, port + 1) if pair else (port,):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
         return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
+    raise RuntimeError("no free port (pair) on 127.0.0.1 between 20000 and 30000")
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
@@ -233,8 +246,14 @@ class Campaign:
                           str(self.workdir / "config.json")]
         )  # fmt: skip
 
-    def start_service(self, *extra: str) -> subprocess.Popen:
-        """Start ``txm-streamer serve`` and wait until it reports ``live``."""
+    def start_service(
+        self, *extra: str, while_waiting: Callable[[], Any] = lambda: None
+    ) -> subprocess.Popen:
+        """Start ``txm-streamer serve`` and wait until it reports ``live``.
+
+        ``while_waiting`` runs at every poll: pass a subscriber's pump, since a ZeroMQ socket
+        (re)connects and (re)subscribes only while its owner thread calls into it.
+        """
         status = self.out / "serve-status.json"
         status.unlink(missing_ok=True)
         args = [sys.executable, "-m", "streamer.cli", "-v", "serve",
@@ -244,8 +263,11 @@ class Campaign:
             args += ["--catalog", str(self.catalog)]
         self.n_services += 1
         self.service = self.procs.start(f"serve{self.n_services}", args)
-        wait_for(lambda: self.status().get("state") == "live" or self.service.poll() is not None,
-                 "the service to go live")  # fmt: skip
+        wait_for(
+            lambda: while_waiting() or self.status().get("state") == "live"
+            or self.service.poll() is not None,
+            "the service to go live",
+        )  # fmt: skip
         assert self.service.poll() is None, self.procs.log(f"serve{self.n_services}")
         return self.service
 
