@@ -50,12 +50,15 @@ import logging
 import os
 import queue
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from callbacks.serve_receiver import DocumentReceiver, LagMonitor, event_times
+
+__all__ = ["DocumentReceiver", "LagMonitor", "LiveService", "event_times", "parse_source", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -80,106 +83,6 @@ def parse_source(source: str) -> str:
     if not colon or not host or not port.isdigit():
         raise ValueError(f"document source {source!r} needs a host and a port: zmq://HOST:PORT")
     return rest
-
-
-class LagMonitor:
-    """Receipt-minus-event-time lag over a sliding interval (seconds).
-
-    >>> lag = LagMonitor()
-    >>> lag.observe(100.0, 100.5); lag.observe(100.0, 102.0)
-    >>> window = lag.take()
-    >>> window["n_events"], window["max_s"], lag.take()["n_events"]
-    (2, 2.0, 0)
-    """
-
-    def __init__(self) -> None:
-        self._lags: list[float] = []
-        self._lock = threading.Lock()
-        self.total_events = 0
-
-    def observe(self, event_time: float, received: float) -> None:
-        """Record one event's lag."""
-        with self._lock:
-            self._lags.append(received - float(event_time))
-            self.total_events += 1
-
-    def take(self) -> dict[str, Any]:
-        """Statistics of the lags observed since the last call, and reset."""
-        with self._lock:
-            lags, self._lags = self._lags, []
-        if not lags:
-            return {"n_events": 0, "median_s": None, "max_s": None}
-        return {
-            "n_events": len(lags),
-            "median_s": round(statistics.median(lags), 3),
-            "max_s": round(max(lags), 3),
-        }
-
-
-def event_times(name: str, doc: Mapping[str, Any]) -> list[float]:
-    """The ``time`` of an event, or the times of an event page."""
-    if name == "event" and "time" in doc:
-        return [doc["time"]]
-    if name == "event_page":
-        return list(doc.get("time") or ())
-    return []
-
-
-class DocumentReceiver:
-    """A thread running a ``RemoteDispatcher`` that queues ``(name, doc, receipt time)``."""
-
-    def __init__(self, address: str, *, lag: LagMonitor, max_pending: int = 10_000) -> None:
-        from bluesky.callbacks.zmq import RemoteDispatcher
-
-        from streamer.wire import loads
-
-        self.address = address
-        self.lag = lag
-        self.queue: queue.Queue[tuple[str, dict, float]] = queue.Queue(max_pending)
-        self.received = 0
-        self.error: BaseException | None = None
-        self._dispatcher = RemoteDispatcher(address, deserializer=loads)
-        self._dispatcher.subscribe(self._receive)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="txm-serve-receiver", daemon=True)
-
-    def _receive(self, name: str, doc: dict) -> None:
-        now = time.time()
-        for t in event_times(name, doc):
-            self.lag.observe(t, now)
-        self.received += 1
-        while not self._stopping.is_set():
-            try:
-                self.queue.put((name, doc, now), timeout=0.5)
-                return
-            except queue.Full:
-                log.warning(
-                    "%d documents waiting for the analyzer; receiving paused", self.queue.maxsize
-                )
-
-    def _run(self) -> None:
-        import asyncio
-
-        try:
-            self._dispatcher.start()
-        except asyncio.CancelledError:
-            pass
-        except Exception as err:
-            self.error = err
-            log.exception("the document receiver failed")
-
-    def start(self) -> None:
-        """Connect to the proxy and start receiving."""
-        self._thread.start()
-        log.info("receiving documents from the 0MQ proxy at %s", self.address)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop receiving (idempotent)."""
-        self._stopping.set()
-        task = getattr(self._dispatcher, "_task", None)
-        if task is not None and not self._dispatcher.loop.is_closed():
-            self._dispatcher.loop.call_soon_threadsafe(task.cancel)
-        self._thread.join(timeout)
 
 
 class LiveService:
@@ -337,7 +240,8 @@ class LiveService:
         """Log the lag and counters, write the status file, fire or resolve the lag alert."""
         window = self.lag.take()
         stats = self.analyzer.stats
-        log.info(
+        log.log(
+            logging.INFO if window["n_events"] else logging.DEBUG,
             "lag over the last %.0f s: %d events, median %s s, max %s s; queue %d documents, "
             "%d orphan documents ignored, %d dropped events",
             self.status_interval,

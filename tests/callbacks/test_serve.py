@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from callbacks.serve import LagMonitor, event_times, parse_source
+from callbacks.serve import LAG_SUBJECT, LagMonitor, LiveService, event_times, parse_source
 from streamer.cli import build_parser
 from tests.callbacks.test_serve_support import (
     Campaign,
@@ -39,6 +39,29 @@ def test_lag_is_receipt_minus_event_time():
         lag.observe(t, 13.0)
     assert event_times("start", {"time": 1.0}) == []
     assert lag.take() == {"n_events": 3, "median_s": 2.0, "max_s": 3.0}
+
+
+def test_lag_above_the_threshold_fires_a_data_quality_alert_then_resolves(tmp_path):
+    service = LiveService(
+        source="zmq://127.0.0.1:9",  # never started: no documents needed here
+        out_dir=tmp_path,
+        endpoint="tcp://127.0.0.1:*",
+        lag_warning=5.0,
+    )
+    try:
+        service.lag.observe(100.0, 112.5)
+        service.report_status()
+        (alert,) = service.publisher.firing
+        assert alert["kind"] == "data_quality" and alert["subject"] == LAG_SUBJECT
+        assert alert["extra"]["lag"]["max_s"] == 12.5 and alert["mode"] == "live"
+        service.lag.observe(200.0, 200.1)
+        service.report_status()
+        assert service.publisher.firing == []
+        assert service.last_status["lag"]["max_s"] == 0.1
+    finally:
+        assert service.shutdown() == 0
+    assert (tmp_path / "serve-status.json").exists()
+    assert (tmp_path / "campaign-checkpoint.npz").exists()
 
 
 def test_help_documents_the_runengine_side():
