@@ -12,7 +12,10 @@ benchmark finds it and skips the archive step. Then, excluding the archive step:
   worker processes (:func:`callbacks.replay.replay_distributed`), timed once the workers are up
   and have opened the catalog (their one-off start, about 10 s of imports, is reported apart);
 - ``dask_scaling_efficiency`` = rate with 2 workers / (2 x serial rate);
-- ``campaign_mine_seconds``: the better of the two for the whole campaign;
+- ``campaign_replay_seconds``: the better of the two for the whole campaign;
+- ``campaign_mine_seconds``: the same campaign mined with final evaluations only
+  (``txm-streamer replay --final-only``: one evaluation per run on its complete spectra, as a
+  re-mining with a new model needs), serial and on 2 workers, the better of the two;
 - ``replay_fast_vs_documents_ratio``: reading the documents of the same runs (1-2 runs) through
   the fast array path versus tiled's JSON export, without analysis;
 - ``peak_memory_per_worker_mb``: peak resident size of the dask workers (psutil/rusage).
@@ -81,14 +84,22 @@ def archive_campaign(params: dict) -> tuple[Path, float | None]:
     return root / "catalog", seconds
 
 
-def _replay_serial(catalog: Path, runs: list) -> tuple[float, dict]:
+def _policy(final_only: bool):
+    from streamer.run_analysis import DecisionPolicy
+
+    return DecisionPolicy(provisional=not final_only)
+
+
+def _replay_serial(catalog: Path, runs: list, *, final_only: bool) -> tuple[float, dict]:
     from callbacks import XanesAnalyzer
     from callbacks.replay import replay
     from streamer.catalog import connect
 
     client = connect(catalog)
     sent: list[dict] = []
-    analyzer = XanesAnalyzer(alerts=sent.append, mode="replay", report=False)
+    analyzer = XanesAnalyzer(
+        alerts=sent.append, mode="replay", report=False, policy=_policy(final_only)
+    )
     t0 = time.perf_counter()
     replay(client, runs, analyzer, progress=False)
     seconds = time.perf_counter() - t0
@@ -96,13 +107,17 @@ def _replay_serial(catalog: Path, runs: list) -> tuple[float, dict]:
     return seconds, {"alerts": sent, "stats": analyzer.stats}
 
 
-def _replay_dask(catalog: Path, runs: list, workers: int) -> tuple[float, float, dict]:
+def _replay_dask(
+    catalog: Path, runs: list, workers: int, *, final_only: bool
+) -> tuple[float, float, dict]:
     from callbacks import XanesAnalyzer
     from callbacks.replay import compute_run
     from streamer.distributed import dask_client, map_in_order, worker_memory_mb
 
     sent: list[dict] = []
-    analyzer = XanesAnalyzer(alerts=sent.append, mode="replay", report=False)
+    analyzer = XanesAnalyzer(
+        alerts=sent.append, mode="replay", report=False, policy=_policy(final_only)
+    )
     session = analyzer.session
     t0 = time.perf_counter()
     with dask_client(workers=workers) as client:
@@ -114,7 +129,7 @@ def _replay_dask(catalog: Path, runs: list, workers: int) -> tuple[float, float,
             if info is not None:
                 session.begin_decision(info).apply(steps)
 
-        tasks = [(str(catalog), r.uid, "arrays", session.policy) for r in runs]
+        tasks = [(str(catalog), r.uid, "arrays", session.policy, 1) for r in runs]
         map_in_order(client, compute_run, tasks, decide)
         seconds = time.perf_counter() - t_ready
         memory = worker_memory_mb(client)
@@ -156,9 +171,12 @@ def run(*, quick: bool = False) -> dict:
     catalog, archive_seconds = archive_campaign(params)
     runs = select_runs(connect(catalog))
     n_spectra = len(runs) * params["size"] ** 2
-    t_serial, serial = _replay_serial(catalog, runs)
-    t_dask, t_start, dask = _replay_dask(catalog, runs, 2)
+    t_serial, serial = _replay_serial(catalog, runs, final_only=False)
+    t_dask, t_start, dask = _replay_dask(catalog, runs, 2, final_only=False)
     same = _fingerprints(serial["alerts"]) == _fingerprints(dask["alerts"])
+    t_mine_1, mine_1 = _replay_serial(catalog, runs, final_only=True)
+    t_mine_2, _, mine_2 = _replay_dask(catalog, runs, 2, final_only=True)
+    same_mine = _fingerprints(mine_1["alerts"]) == _fingerprints(mine_2["alerts"])
     n_doc_runs = 1 if not quick else 2
     uids = [r.uid for r in runs[:n_doc_runs]]
     t_fast = _read_only(catalog, uids, "arrays")
@@ -169,17 +187,36 @@ def run(*, quick: bool = False) -> dict:
     shape = f"{len(runs)} fields of {params['size']}x{params['size']} px"
     figures = {
         "campaign_spectra": {"value": n_spectra, "unit": "spectra", "note": shape},
-        "campaign_spectra_per_s": {"value": round(rate_1), "unit": "spectra/s", "note": "serial"},
+        "campaign_spectra_per_s": {
+            "value": round(rate_1),
+            "unit": "spectra/s",
+            "note": "serial replay as live (provisional and final evaluations)",
+        },
         "campaign_spectra_per_s_dask2": {"value": round(rate_2), "unit": "spectra/s"},
         "dask_scaling_efficiency": {
             "value": round(rate_2 / (2 * rate_1), 3),
             "unit": "ratio",
-            "note": "target >= 0.8",
+            "note": "target >= 0.8; the serial replay already overlaps reading and analysis "
+            "threads",
         },
-        "campaign_mine_seconds": {
+        "campaign_replay_seconds": {
             "value": round(min(t_serial, t_dask), 1),
             "unit": "s",
-            "note": f"serial {t_serial:.1f} s, 2 dask workers {t_dask:.1f} s; target < 60 s",
+            "note": f"as live: serial {t_serial:.1f} s, 2 dask workers {t_dask:.1f} s",
+        },
+        "campaign_mine_seconds": {
+            "value": round(min(t_mine_1, t_mine_2), 1),
+            "unit": "s",
+            "note": f"final evaluations only (--final-only): serial {t_mine_1:.1f} s, "
+            f"2 dask workers {t_mine_2:.1f} s; target < 60 s for 10 M spectra",
+        },
+        "campaign_mine_spectra_per_s_dask2": {
+            "value": round(n_spectra / t_mine_2),
+            "unit": "spectra/s",
+        },
+        "mine_dask_scaling_efficiency": {
+            "value": round(t_mine_1 / (2 * t_mine_2), 3),
+            "unit": "ratio",
         },
         "dask_startup_seconds": {"value": round(t_start, 1), "unit": "s"},
         "replay_fast_vs_documents_ratio": {
@@ -188,7 +225,7 @@ def run(*, quick: bool = False) -> dict:
             "note": f"{len(uids)} runs: arrays {t_fast:.2f} s, JSON export {t_docs:.2f} s",
         },
         "peak_memory_per_worker_mb": {"value": peak, "unit": "MB"},
-        "dask_alerts_equal_serial": {"value": bool(same), "unit": "bool"},
+        "dask_alerts_equal_serial": {"value": bool(same and same_mine), "unit": "bool"},
         "campaign_alerts": {"value": len(serial["alerts"]), "unit": "alerts"},
     }
     if archive_seconds is not None:

@@ -127,13 +127,17 @@ def replay(
 _CLIENTS: dict[str, Any] = {}
 
 
-def compute_run(catalog: str, uid: str, method: str = "arrays", policy: Any = None) -> tuple:
+def compute_run(
+    catalog: str, uid: str, method: str = "arrays", policy: Any = None, attribute_threads: int = 1
+) -> tuple:
     """The compute half of one run's replay, on a dask worker: ``(RunInfo | None, steps)``.
 
     Reads run ``uid`` from ``catalog`` (a directory or URL, opened once per worker process),
     routes its documents through a :class:`~callbacks.processor.XanesRunProcessor` exactly as
     the analyzer does, and records the analysis steps instead of deciding
-    (:class:`streamer.run_analysis.StepRecorder`).
+    (:class:`streamer.run_analysis.StepRecorder`). ``policy`` is the session's
+    :class:`~streamer.run_analysis.DecisionPolicy`; ``attribute_threads`` the threads of the
+    attribute computation (1: a worker process per core).
     """
     import dask
 
@@ -146,7 +150,9 @@ def compute_run(catalog: str, uid: str, method: str = "arrays", policy: Any = No
 
     def begin_run(info):
         recorders.append(StepRecorder(info))
-        return RunAnalysis(info, policy=policy, decider=recorders[-1])
+        return RunAnalysis(
+            info, policy=policy, decider=recorders[-1], attribute_threads=attribute_threads
+        )
 
     with dask.config.set(scheduler="synchronous"):  # tiled's table reads, not the cluster
         return _compute_run(client, uid, method, begin_run, recorders)
@@ -286,7 +292,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     publisher = AlertPublisher(args.endpoint, log_path=out / "alerts.jsonl")
-    analyzer = XanesAnalyzer(alerts=publisher, out_dir=out, mode="replay")
+    options = {}
+    if getattr(args, "final_only", False):
+        from streamer.run_analysis import DecisionPolicy
+
+        options["policy"] = DecisionPolicy(provisional=False)
+    analyzer = XanesAnalyzer(alerts=publisher, out_dir=out, mode="replay", **options)
     t0 = time.perf_counter()
     memory = None
     try:
@@ -311,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
         {
             "catalog": location,
             "method": method,
+            "final_only": bool(getattr(args, "final_only", False)),
             "workers": workers,
             "scheduler": scheduler,
             "seconds": round(seconds, 3),

@@ -218,6 +218,12 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read through JSON documents() instead of the fast array path (slow; for checking)",
     )
+    p.add_argument(
+        "--final-only",
+        action="store_true",
+        help="mine the campaign: evaluate each run once, on its complete spectra (no provisional "
+        "alerts, as a live scan would give; much faster)",
+    )
     p.set_defaults(_run="callbacks.replay:run")
 
 

@@ -75,11 +75,16 @@ class DecisionPolicy:
         Re-evaluate after this many more energies.
     max_backlog
         Skip optional evaluations while the analysis queue is fuller than this (0-1).
+    provisional
+        Evaluate before the end of the scan at all. ``False`` (mining a campaign from the
+        archive with a new model, where only the final decisions matter) evaluates each run
+        once, on its complete spectra.
     """
 
     e0_hint_ev: float | None = None
     every: int = 8
     max_backlog: float = 0.5
+    provisional: bool = True
     decisive: tuple[str, ...] = ("e0_half", "white_line_energy", "white_line_height")
 
 
@@ -178,6 +183,9 @@ class RunAnalysis:
         ``policy.max_backlog``. Replay passes none, so nothing is skipped.
     decider
         Callable ``decider(kind, payload)`` taking the steps (see :class:`StepRecorder`).
+    attribute_threads
+        Threads of :func:`~streamer.attributes.compute_attributes` (1 on a dask worker process
+        that has one core to itself).
 
     The caller serialises calls.
     """
@@ -190,6 +198,7 @@ class RunAnalysis:
         policy: DecisionPolicy | None = None,
         backlog: Callable[[], float] = lambda: 0.0,
         decider: Callable[[str, Any], Any] | None = None,
+        attribute_threads: int = 2,
     ) -> None:
         self.info = info
         self.session = session
@@ -202,6 +211,7 @@ class RunAnalysis:
             decider = RunDecider(info, session=session, spectra=self.ready_spectra)
         self.decider = decider
         self._backlog = backlog
+        self.attribute_threads = attribute_threads
         self.cube = SpectralCube(energies=info.planned_energies_ev)
         self.n_samples = 0
         self.finished = False
@@ -274,6 +284,8 @@ class RunAnalysis:
         return self.cube.energies_[ready], self.cube.od_[ready]
 
     def _maybe_evaluate(self) -> None:
+        if not self.policy.provisional:
+            return
         n_ready = int(np.count_nonzero(self.cube.ready_))
         if n_ready < 8 or (self._next_eval_at is not None and n_ready < self._next_eval_at):
             return
@@ -303,6 +315,7 @@ class RunAnalysis:
             od,
             e0_hint=self.policy.e0_hint_ev,
             planned_energies_ev=self.info.planned_energies_ev,
+            n_threads=self.attribute_threads,
         )
         if not all(result.valid.get(k, False) for k in self.policy.decisive):
             if final:
