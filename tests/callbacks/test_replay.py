@@ -244,3 +244,22 @@ def test_select_runs_skips_other_runs_with_a_warning(archived, caplog):
     assert [r.uid for r in runs] == archived["uids"]
     assert "not a XANES run: skipped" in caplog.text
     assert all(r.n_events > 0 for r in runs)
+
+
+def test_final_only_mining_evaluates_each_run_once_on_its_complete_spectra(archived, tmp_path):
+    from streamer.run_analysis import DecisionPolicy
+
+    client = open_catalog(archived["catalog"], create=False)
+    runs = select_runs(client)
+    sent: list[dict] = []
+    analyzer = XanesAnalyzer(
+        alerts=sent.append, mode="replay", report=False, policy=DecisionPolicy(provisional=False)
+    )
+    replay(client, runs, analyzer, progress=False)
+    analyzer.close()
+    particles = [a for a in sent if a["kind"] == "anomalous_particle"]
+    assert particles and all(not a["provisional"] for a in particles)
+    n_last = len(ENG_KEV) - 1
+    assert {a["energy_index"] for a in particles} == {n_last}
+    summaries = {s.info.run_uid: s for s in analyzer.session.runs}
+    assert list(summaries) == archived["uids"]
