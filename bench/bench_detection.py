@@ -112,7 +112,11 @@ def survey_once(
         RE(survey(txm, fovs))
         analyzer.flush()
     wall = time.perf_counter() - t0
-    result = {"analyzer": analyzer, "truth": truth.truth()}
+    result = {
+        "analyzer": analyzer,
+        "truth": truth.truth(),
+        "anomalous_masks": {f.index: f.anomalous_mask for f in fovs},
+    }
     scores, totals = score(result)
     diagnosis = diagnose(scores, result, evaluations.runs)
     retracted = diagnosis["retracted"]
@@ -187,7 +191,7 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
     session = result["analyzer"].session
     summaries = {s.info.run_uid: s for s in session.runs}
     fired = _fired(session)
-    planted_rows, false_rows, retracted_rows = [], [], []
+    planted_rows, false_rows, retracted_rows, new_clusters = [], [], [], []
     decision_indices = []
     for s in scores:
         run = result["truth"]["runs"][s.run_uid]
@@ -195,6 +199,10 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
         labels = decode_labels(fov["labels_rle"], fov["shape"])
         summary = summaries[s.run_uid]
         truth_particles = {p["id"]: p for p in fov["particles"]}
+        planted_mask = result["anomalous_masks"][fov["index"]]
+        new_cluster_rows, in_new_cluster = _new_clusters(summary, planted_mask)
+        for row in new_cluster_rows:
+            new_clusters.append({"scan_id": s.scan_id, **row})
         evs = evaluations.get(s.run_uid, [])
         final = next((e for e in reversed(evs) if e["final"]), evs[-1] if evs else None)
         first_eval = evs[0]["energy_index"] if evs else None
@@ -240,6 +248,9 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
                     "first_evaluation_index": first_eval,
                     "n_energies": s.n_energies,
                     "detected": detected,
+                    "in_new_cluster_fraction": _fraction(
+                        in_new_cluster, planted_mask & (labels == tid)
+                    ),
                 }
             )
         detected_to_truth = _detected_to_truth(labels, summary.labels)
@@ -272,7 +283,35 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
         "false": false_rows,
         "retracted": retracted_rows,
         "decision_indices": decision_indices,
+        "new_clusters": new_clusters,
     }
+
+
+def _new_clusters(summary, planted_mask: np.ndarray) -> tuple[list[dict], np.ndarray]:
+    """The run's new pixel clusters: size and share on planted pixels; mask of their pixels."""
+    events = list(getattr(summary, "new_clusters", []) or [])
+    cmap = getattr(summary, "cluster_map", None)
+    if cmap is None:
+        return [], np.zeros(planted_mask.shape, bool)
+    cmap = np.asarray(cmap).reshape(planted_mask.shape)
+    rows, union = [], np.zeros(planted_mask.shape, bool)
+    for event in events:
+        mine = cmap == int(getattr(event, "cluster_id", -2))
+        union |= mine
+        rows.append(
+            {
+                "cluster_id": int(getattr(event, "cluster_id", -2)),
+                "n_pixels": int(mine.sum()),
+                "on_planted_fraction": _fraction(planted_mask, mine),
+            }
+        )
+    return rows, union
+
+
+def _fraction(numerator_mask: np.ndarray, within: np.ndarray) -> float | None:
+    """Fraction of the ``within`` pixels that are set in ``numerator_mask``."""
+    n = int(within.sum())
+    return round(float((numerator_mask & within).sum()) / n, 3) if n else None
 
 
 def _score_at(evaluations: list[dict], pid: int, energy_index: int | None) -> Any:
@@ -341,6 +380,15 @@ def run_setting(name: str, *, seeds, n_fovs: int, size: int) -> dict[str, Any]:
     }
     normal = totals["particles"] - totals["planted"]
     decisions = [i for r in per_seed for i in r["decision_indices"]]
+    clusters = [c for r in per_seed for c in r["new_clusters"]]
+    planted = [p for r in per_seed for p in r["planted"]]
+    totals["new_cluster_alerts"] = len(clusters)
+    totals["new_clusters_on_planted"] = sum(
+        (c["on_planted_fraction"] or 0) >= 0.5 for c in clusters
+    )
+    totals["planted_in_new_cluster"] = sum(
+        (p["in_new_cluster_fraction"] or 0) >= 0.5 for p in planted
+    )
     return {
         "setting": name,
         "seeds": list(seeds),
@@ -386,6 +434,10 @@ def figures_of(res: dict[str, Any]) -> dict[str, dict]:
             "planted_rows": [row for r in res["per_seed"] for row in _tag(r, "planted")],
             "false_rows": [row for r in res["per_seed"] for row in _tag(r, "false")],
             "retracted_rows": [row for r in res["per_seed"] for row in _tag(r, "retracted")],
+            "new_cluster_rows": [row for r in res["per_seed"] for row in _tag(r, "new_clusters")],
+            "new_cluster_alerts": t["new_cluster_alerts"],
+            "new_clusters_on_planted": t["new_clusters_on_planted"],
+            "planted_in_new_cluster": t["planted_in_new_cluster"],
             **where,
         },
         f"detection_{infix}false_per_100_normal": {
