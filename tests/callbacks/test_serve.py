@@ -90,13 +90,14 @@ def test_live_service_publishes_the_planted_anomaly(tmp_path, procs):
     campaign = Campaign(
         tmp_path, procs, n_fovs=2, anomalies=[{"kind": "reduced", "fov": 1}], gates=[]
     )
-    campaign.open_gate("start")
     campaign.start_proxy()
     service = campaign.start_service()
     alerts = Collector(campaign.endpoint)
     try:
         alerts.wait_synced()
         runengine = campaign.start_runengine()
+        campaign.wait_connected()
+        campaign.open_gate("start")
         anomaly = alerts.wait(_anomaly(2), "the confirmed anomaly of scan 2")
         alerts.wait(_summary(2), "the summary of scan 2")
     finally:
@@ -131,6 +132,7 @@ def test_service_joining_mid_run_analyses_the_next_run_fully(tmp_path, procs):
     alerts = Collector(campaign.endpoint)
     try:
         alerts.wait_synced()
+        campaign.wait_connected()
         campaign.open_gate("midrun")
         summary = alerts.wait(_summary(2), "the summary of scan 2")
         alerts.wait(_anomaly(2), "the confirmed anomaly of scan 2", timeout=10)
@@ -145,3 +147,4 @@ def test_service_joining_mid_run_analyses_the_next_run_fully(tmp_path, procs):
     log = procs.log("serve1")
     assert "whose start document was never received" in log
     assert campaign.status()["analyzer"]["orphan_documents"] > 0
+    assert campaign.status()["analyzer"]["ignored_runs"] > 0  # the RunEngine script's probes

@@ -48,13 +48,14 @@ def test_kill_and_restart_loses_and_repeats_nothing(tmp_path, procs):
         ],
         catalog=True,
     )
-    campaign.open_gate("start")
     campaign.start_proxy()
     first = campaign.start_service()
     alerts = Collector(campaign.endpoint)
     try:
         alerts.wait_synced()
         runengine = campaign.start_runengine()
+        campaign.wait_connected()
+        campaign.open_gate("start")
         wait_for(lambda: campaign.gate_paused("kill"), "the RunEngine to pause in run 2")
         alerts.wait(lambda a: a["kind"] == "scan_summary" and a["scan_id"] == 1, "scan 1 done")
         alerts.wait(
@@ -68,6 +69,7 @@ def test_kill_and_restart_loses_and_repeats_nothing(tmp_path, procs):
         campaign.open_gate("kill")
         wait_for(lambda: campaign.gate_paused("restart"), "run 2 to end while the service is down")
         campaign.start_service("--wait-for-subscribers", "60", while_waiting=alerts.pump)
+        campaign.wait_connected()
         campaign.open_gate("restart")
         alerts.wait(lambda a: a["kind"] == "scan_summary" and a["scan_id"] == 3, "scan 3 done")
         alerts.pump(0.5)

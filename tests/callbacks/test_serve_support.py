@@ -33,12 +33,15 @@ Run as ``python serve_runengine.py CONFIG.json``. CONFIG keys: ``proxy_in`` ("ho
 (pause on the k-th primary event of run i; ``"event": "stop"`` pauses after run i's stop
 document). At a gate the script writes ``WORKDIR/<n>.paused`` and waits until
 ``WORKDIR/<n>.go`` exists (bounded), so the test decides when the RunEngine goes on. The uids of
-the runs go to ``WORKDIR/uids.json`` at the end. Not a test module (no ``test_`` prefix).
+the runs go to ``WORKDIR/uids.json`` at the end. Before the survey (until ``WORKDIR/start.go``)
+and at every gate, it sends probe runs (not XANES), so the test can wait until documents reach
+the service before it lets the RunEngine go on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,12 +49,40 @@ from pathlib import Path
 GATE_TIMEOUT_S = 120.0
 
 
+def wait_for_file(path: Path, probe) -> None:
+    """Wait (bounded) for ``path``; meanwhile send probe runs, so that the test can tell when the
+    documents reach the service (ZeroMQ PUB drops what it sends before a subscriber is connected).
+    """
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no {path.name} within {GATE_TIMEOUT_S} s")
+        probe()
+        time.sleep(0.1)
+
+
+class Probe:
+    """Publishes a tiny run that is not XANES (the analyzer ignores it; the service counts it)."""
+
+    def __init__(self, publisher):
+        self.publisher = publisher
+        self.n = 0
+
+    def __call__(self):
+        self.n += 1
+        uid = f"probe-{os.getpid()}-{self.n}"
+        self.publisher("start", {"uid": uid, "time": time.time(), "plan_name": "probe"})
+        self.publisher("stop", {"uid": uid + "-stop", "run_start": uid, "time": time.time(),
+                                "exit_status": "success", "num_events": {}})
+
+
 class Gate:
     """A RunEngine callback that blocks at the configured documents until a file appears."""
 
-    def __init__(self, gates, workdir: Path, archiver=None):
+    def __init__(self, gates, workdir: Path, probe, archiver=None):
         self.gates = gates
         self.workdir = workdir
+        self.probe = probe
         self.archiver = archiver
         self.run_index = -1
         self.primary = set()
@@ -61,12 +92,7 @@ class Gate:
         if self.archiver is not None:
             self.archiver.flush(timeout=60)
         (self.workdir / f"{name}.paused").write_text("paused")
-        go = self.workdir / f"{name}.go"
-        deadline = time.monotonic() + GATE_TIMEOUT_S
-        while not go.exists():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"gate {name}: no go within {GATE_TIMEOUT_S} s")
-            time.sleep(0.02)
+        wait_for_file(self.workdir / f"{name}.go", self.probe)
 
     def __call__(self, name: str, doc: dict) -> None:
         if name == "start":
@@ -103,18 +129,17 @@ def main(config_path: str) -> None:
     )
     txm = SimulatedTXM(fov=fovs[0], seed=config["seed"], data_dir=workdir / "frames")
     RE = RunEngine({})
-    RE.subscribe(Publisher(config["proxy_in"], serializer=dumps))
+    publisher = Publisher(config["proxy_in"], serializer=dumps)
+    RE.subscribe(publisher)
+    probe = Probe(publisher)
     archiver = None
     if config.get("catalog"):
         from streamer.archive import Archiver
 
         archiver = Archiver(config["catalog"], handler_registry=HANDLER_REGISTRY)
         RE.subscribe(archiver)
-    RE.subscribe(Gate(config["gates"], workdir, archiver))
-    start_gate = workdir / "start.go"
-    deadline = time.monotonic() + GATE_TIMEOUT_S
-    while not start_gate.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    RE.subscribe(Gate(config["gates"], workdir, probe, archiver))
+    wait_for_file(workdir / "start.go", probe)
     eng_kev = list(SEED_ENERGIES_EV[::2] / 1000.0)
     uids = RE(survey(txm, fovs, eng_list=eng_kev, chunk_size=2))
     if archiver is not None:
@@ -270,6 +295,14 @@ class Campaign:
         )  # fmt: skip
         assert self.service.poll() is None, self.procs.log(f"serve{self.n_services}")
         return self.service
+
+    def wait_connected(self) -> None:
+        """Wait until the running service has received documents (the RunEngine's probes)."""
+        pid = self.service.pid
+        wait_for(
+            lambda: self.status().get("pid") == pid and self.status().get("received_documents"),
+            "documents to reach the service",
+        )
 
     def status(self) -> dict:
         try:
