@@ -111,7 +111,7 @@ def _replay_dask(
     catalog: Path, runs: list, workers: int, *, final_only: bool
 ) -> tuple[float, float, dict]:
     from callbacks import XanesAnalyzer
-    from callbacks.replay import compute_run
+    from callbacks.replay import close_worker_catalogs, compute_run
     from streamer.distributed import dask_client, map_in_order, worker_memory_mb
 
     sent: list[dict] = []
@@ -133,6 +133,7 @@ def _replay_dask(
         map_in_order(client, compute_run, tasks, decide)
         seconds = time.perf_counter() - t_ready
         memory = worker_memory_mb(client)
+        client.run(close_worker_catalogs)
     analyzer.close()
     return seconds, t_ready - t0, {"alerts": sent, "memory": memory}
 

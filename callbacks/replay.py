@@ -181,6 +181,18 @@ def _compute_run(client: Any, uid: str, method: str, begin_run: Any, recorders: 
     return recorders[0].info, recorders[0].steps
 
 
+def close_worker_catalogs() -> int:
+    """Close the catalogs :func:`compute_run` opened in this process (run it on each worker)."""
+    n = len(_CLIENTS)
+    while _CLIENTS:
+        _, client = _CLIENTS.popitem()
+        try:
+            client.context.close()
+        except Exception:
+            log.exception("closing a worker's catalog client failed")
+    return n
+
+
 def replay_distributed(
     catalog: str,
     runs: Sequence[ReplayRun],
@@ -211,8 +223,11 @@ def replay_distributed(
             bar.update(runs[i].n_events)
 
         tasks = [(catalog, r.uid, method, policy) for r in runs]
-        map_in_order(client, compute_run, tasks, decide)
-        return worker_memory_mb(client)
+        try:
+            map_in_order(client, compute_run, tasks, decide)
+            return worker_memory_mb(client)
+        finally:
+            client.run(close_worker_catalogs)
 
 
 # ------------------------------------------------------------------------------ command
