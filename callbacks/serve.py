@@ -56,6 +56,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from callbacks.serve_receiver import DocumentReceiver, LagMonitor, event_times
 
 __all__ = ["DocumentReceiver", "LagMonitor", "LiveService", "event_times", "parse_source", "run"]
@@ -324,6 +326,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         log.error("%s", err)
         return 2
+    except zmq.ZMQError as err:  # e.g. the alert endpoint is already in use
+        log.error("cannot publish alerts on %s: %s", args.endpoint, err)
+        return 1
 
     def request_stop(signum: int, frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
