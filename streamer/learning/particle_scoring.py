@@ -17,11 +17,13 @@ sqrt(area)``). In the first field of a campaign the prior and the neighbours car
 confirmed particles accumulate the population takes over.
 
 The score is a Mahalanobis distance ``sqrt(zw' R^-1 zw)`` of the weighted z-scores ``zw = w z``
-with a correlation matrix ``R = (nu0 I + n_pop R_pop + n_f R_field) / (nu0 + n_pop + n_f)``
-(Spearman correlations of the population buffer and of the leave-one-out neighbours). The
-attributes of normal LiCoO2 move together with the state of charge (edge, white-line energy and
-height all rise on delithiation), so a white line that is strong *for its edge position* stands
-out although each attribute alone is unremarkable.
+with a correlation matrix ``R = (nu0 R_0 + n_pop R_pop + n_f R_field) / (nu0 + n_pop + n_f)``
+(Spearman correlations of the population buffer and of the leave-one-out neighbours; ``R_0`` the
+prior's, :func:`~streamer.learning.prior.prior_correlation`). The attributes of normal LiCoO2
+move together with the state of charge (edge, white-line energy and height all rise on
+delithiation), so a particle that is merely more charged than its neighbours is not an alert,
+while a white line that is strong *for its edge position* stands out although each attribute
+alone is unremarkable.
 
 Comparison (``python -m bench --only scorers``): 30 simulated 8-field campaigns (``sim``, 128x128
 fields, 2102 normal particles, 60 planted) and 100 synthetic ones (6615 normal, 200 planted), one
@@ -65,7 +67,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from streamer.learning.population import ParticlePopulation, robust_correlation
-from streamer.learning.prior import AttributePrior
+from streamer.learning.prior import AttributePrior, prior_correlation
 
 __all__ = ["ParticleScore", "score_field", "table_vectors"]
 
@@ -169,10 +171,11 @@ def _correlation(
     pop: ParticlePopulation,
     field_z: np.ndarray,
     nu0: float,
+    prior: np.ndarray,
 ) -> np.ndarray:
     """Blended correlation over the ``active`` attributes (indices into the population's)."""
     d = active.size
-    total = nu0 * np.eye(d)
+    total = nu0 * prior[np.ix_(active, active)]
     weight = nu0
     if pop.correlation_ is not None:
         n_p = int(pop.n_[active].min())
@@ -219,6 +222,7 @@ def score_field(
     X, se, ids = table_vectors(table, attrs)
     w_all = np.array([float(weights.get(a, 0.0)) for a in attrs])
     p_med, p_spread, p_n = population.reference()
+    r_prior = prior_correlation(attrs, priors)
     scores = []
     for i in range(len(table)):
         others = np.delete(X, i, axis=0)
@@ -256,7 +260,7 @@ def score_field(
         z = (X[i, active] - loc[active]) / sd[active]
         zw = z * w_all[active]
         field_z = (others - loc) / np.where(np.isfinite(sd), sd, 1.0)
-        R = _correlation(active, population, field_z, correlation_pseudo_count)
+        R = _correlation(active, population, field_z, correlation_pseudo_count, r_prior)
         P = np.linalg.inv(R)
         score = float(np.sqrt(max(zw @ P @ zw, 0.0)))
         z_cond = (P @ z) / np.sqrt(np.diag(P))
