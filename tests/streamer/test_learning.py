@@ -271,3 +271,24 @@ def test_fragment_with_a_failed_fit_is_unreliable_not_anomalous():
     n_before = model.population.n_learned_
     model.learn_particles(key, table)
     assert model.population.n_learned_ - n_before == len(table) - 1
+
+
+def test_a_more_charged_particle_is_not_an_alert_but_a_strong_white_line_is():
+    """Edge, white-line energy and height rise together on delithiation (prior correlation)."""
+    rng = np.random.default_rng(16)
+    slope = {"e0_half": 0.93, "white_line_energy": 2.40, "white_line_height": 0.31}
+    base = {"e0_half": 7722.3, "white_line_energy": 7728.0, "white_line_height": 1.62}
+    noise = {"e0_half": 0.1, "white_line_energy": 0.15, "white_line_height": 0.02}
+    soc = rng.uniform(0.3, 0.7, 9)
+    soc[2] = 0.95  # much more charged than its neighbours
+    table = [
+        {"id": i + 1, "area_px": 500}
+        | {f"{a}_median": base[a] + slope[a] * x + rng.normal(0, noise[a]) for a in slope}
+        for i, x in enumerate(soc)
+    ]
+    table[5]["white_line_height_median"] += 0.35
+    scores = {s.id: s for s in CampaignModel(seed=0).score_particles("f0", table)}
+    assert not scores[3].anomalous, scores[3].drivers
+    assert scores[6].anomalous and scores[6].kind_guess == "white_line"
+    assert scores[6].drivers["white_line_height"]["z_given_others"] > 4
+    assert sum(s.anomalous for s in scores.values()) == 1
