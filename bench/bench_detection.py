@@ -191,7 +191,7 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
     session = result["analyzer"].session
     summaries = {s.info.run_uid: s for s in session.runs}
     fired = _fired(session)
-    planted_rows, false_rows, retracted_rows, new_clusters = [], [], [], []
+    planted_rows, false_rows, retracted_rows, new_clusters, particle_scores = [], [], [], [], []
     decision_indices = []
     for s in scores:
         run = result["truth"]["runs"][s.run_uid]
@@ -254,6 +254,16 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
                 }
             )
         detected_to_truth = _detected_to_truth(labels, summary.labels)
+        for pid, covers in detected_to_truth.items():
+            main = max(covers, key=covers.get)
+            history = [float(e["scores"][pid].score) for e in evs if pid in e["scores"]]
+            particle_scores.append(
+                {
+                    "truth_kind": truth_particles.get(main, {}).get("kind", "background"),
+                    "final": history[-1] if final and final["final"] and history else None,
+                    "max": max(history) if history else None,
+                }
+            )
         retracted = [pid for (uid, pid) in fired if uid == s.run_uid and pid not in summary.flagged]
         for pid in [*s.false_alerts, *retracted]:
             covers = detected_to_truth.get(pid, {})
@@ -284,6 +294,7 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
         "retracted": retracted_rows,
         "decision_indices": decision_indices,
         "new_clusters": new_clusters,
+        "particle_scores": particle_scores,
     }
 
 
@@ -390,6 +401,10 @@ def run_setting(name: str, *, seeds, n_fovs: int, size: int) -> dict[str, Any]:
         (p["in_new_cluster_fraction"] or 0) >= 0.5 for p in planted
     )
     return {
+        "threshold_sweep": threshold_sweep(
+            [x for r in per_seed for x in r["particle_scores"]],
+            planted=[p for r in per_seed for p in r["planted"]],
+        ),
         "setting": name,
         "seeds": list(seeds),
         "n_fovs": n_fovs,
@@ -405,6 +420,33 @@ def run_setting(name: str, *, seeds, n_fovs: int, size: int) -> dict[str, Any]:
         "totals": totals,
         "per_seed": per_seed,
     }
+
+
+def threshold_sweep(scores: list[dict], *, planted: list[dict]) -> list[dict]:
+    """Recall and false alerts per 100 normal particles if the threshold were another.
+
+    ``final``: the score on the complete scan (what stays flagged); ``max``: the highest score of
+    any evaluation (what ever alerted). A planted anomaly counts as found at a threshold when a
+    detected particle covering at least half of it scores above it.
+    """
+    normal = [x for x in scores if x["truth_kind"] == "normal"]
+    rows = []
+    for t in (3.0, 3.5, 4.0, 4.5, 5.0):
+        row = {"threshold": t}
+        for key in ("final", "max"):
+            false = sum((x[key] or 0.0) > t for x in normal)
+            found = 0
+            for p in planted:
+                covering = [d for d in p["detected"] if d["covers_fraction"] >= 0.5]
+                if key == "final":
+                    values = [d["final"]["score"] for d in covering if d["final"]]
+                else:
+                    values = [h[1] for d in covering for h in d["score_history"]]
+                found += any(v > t for v in values)
+            row[f"{key}_recall"] = round(found / max(len(planted), 1), 3)
+            row[f"{key}_false_per_100_normal"] = round(100.0 * false / max(len(normal), 1), 2)
+        rows.append(row)
+    return rows
 
 
 def figures_of(res: dict[str, Any]) -> dict[str, dict]:
@@ -435,6 +477,7 @@ def figures_of(res: dict[str, Any]) -> dict[str, dict]:
             "false_rows": [row for r in res["per_seed"] for row in _tag(r, "false")],
             "retracted_rows": [row for r in res["per_seed"] for row in _tag(r, "retracted")],
             "new_cluster_rows": [row for r in res["per_seed"] for row in _tag(r, "new_clusters")],
+            "threshold_sweep": res["threshold_sweep"],
             "new_cluster_alerts": t["new_cluster_alerts"],
             "new_clusters_on_planted": t["new_clusters_on_planted"],
             "planted_in_new_cluster": t["planted_in_new_cluster"],
