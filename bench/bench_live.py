@@ -530,12 +530,16 @@ def _free_port() -> int:
 # -- figures ------------------------------------------------------------------------------------
 def _ratio(res: dict, config: str, note: str) -> dict:
     med = res["median_wall_s"]
+    cpu = {c: float(np.median([t["re_thread_cpu_s"] for t in res["runs"][c]])) for c in res["runs"]}
     return {
         "value": round(med[config] / med["alone"], 3),
         "unit": "ratio",
         "target": 1.05,
         "scan_alone_s": round(med["alone"], 2),
         f"scan_with_{config}_s": round(med[config], 2),
+        "re_thread_cpu_ratio": round(cpu[config] / cpu["alone"], 3),
+        "re_thread_cpu_alone_s": round(cpu["alone"], 3),
+        f"re_thread_cpu_with_{config}_s": round(cpu[config], 3),
         "frame": f"{res['size']}x{res['size']}",
         "pace_s_per_trigger": res["pace_s"],
         "loadavg_1min_after": res["loadavg_1min_after"],
