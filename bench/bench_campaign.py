@@ -121,7 +121,11 @@ def _replay_dask(
     session = analyzer.session
     t0 = time.perf_counter()
     with dask_client(workers=workers) as client:
-        client.run(_warm_up, str(catalog))  # imports and catalog open, once per worker
+        # imports and catalog open, once per worker, in a task thread like the real tasks
+        addresses = list(client.scheduler_info()["workers"])
+        client.gather(
+            [client.submit(_warm_up, str(catalog), workers=[a], pure=False) for a in addresses]
+        )
         t_ready = time.perf_counter()
 
         def decide(i: int, result: tuple) -> None:
