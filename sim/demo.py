@@ -126,7 +126,11 @@ def _archiver(directory: Path):
     except ImportError as err:  # the catalog extra is part of the install; say so if absent
         log.warning("runs are not archived: %s", err)
         return None
-    return Archiver(directory)
+    from callbacks.handlers import HANDLER_REGISTRY
+
+    # external frames are read on the archiver's thread and stored in the catalog, so that the
+    # catalog replays on its own (without DIR/frames)
+    return Archiver(directory, handler_registry=HANDLER_REGISTRY)
 
 
 def _progress_line(summary, ev, analysis) -> None:
