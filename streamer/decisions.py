@@ -8,6 +8,11 @@ Rules (one place, so staff can predict what they will be told):
 - At the **end of the scan** every particle is scored on the complete spectra: a particle that is
   still anomalous is *confirmed* (same fingerprint, severity ``critical``, ``provisional: false``);
   one that no longer is gets a ``resolved`` message; one anomalous only now fires as confirmed.
+- Only **chemistry** is alerted as an anomalous particle: a particle whose score is driven by
+  the fit-quality attributes alone (R^2, pre-edge noise; no edge or white-line attribute beyond
+  :data:`CHEMISTRY_Z`) is a measurement problem, not a chemical one, and so is a region smaller
+  than :data:`MIN_ALERT_AREA_PX` (a fragment or a speck): neither fires. Both stay in the particle
+  table and the report.
 - An **aborted** scan is scored on what it has; its alerts say ``run_aborted: true`` and stay
   provisional.
 - The fingerprint (see :func:`streamer.alerts.schema.compute_fingerprint`) is built from the kind,
@@ -26,6 +31,26 @@ from typing import Any
 from streamer.alerts.schema import make_alert
 
 log = logging.getLogger(__name__)
+
+CHEMISTRY = ("e0_half", "e0_deriv", "white_line_energy", "white_line_height")
+"""Attributes that describe the chemistry (the others describe the measurement)."""
+
+CHEMISTRY_Z = 3.0
+"""Least |z| of some chemistry attribute for a particle to be alerted as anomalous."""
+
+MIN_ALERT_AREA_PX = 40
+"""Smallest particle (pixels) whose chemistry is judged: smaller regions are too noisy."""
+
+
+def alertable(score: Any, row: Mapping[str, Any]) -> bool:
+    """Whether an anomalous score describes chemistry of a particle large enough to judge."""
+    if int(row.get("area_px", 0)) < MIN_ALERT_AREA_PX:
+        return False
+    drivers = getattr(score, "drivers", {}) or {}
+    return any(
+        abs(float(d.get("z", 0.0))) >= CHEMISTRY_Z for k, d in drivers.items() if k in CHEMISTRY
+    )
+
 
 ATTRIBUTE_LABELS = {
     "e0_half": "edge",
@@ -142,7 +167,7 @@ class RunAlertBook:
             pid = int(s.id)
             seen.add(pid)
             previous = self.firing.get(pid)
-            if not s.anomalous:
+            if not (s.anomalous and alertable(s, table[pid])):
                 if previous is not None and final:
                     sent.append(self._resolve(pid, previous, s, energy_index))
                 continue
