@@ -20,9 +20,10 @@ campaign needs and k-means lacks:
   centre keeps its meaning in attribute units.
 
 Measured on the seed study's real attribute maps (three particles, 127k labelled pixels, streamed
-particle by particle in 4096-pixel batches, robust scaling, the seed weights, 4 clusters;
-``tests/streamer/test_learning_seed.py``): see the module docstring of
-:mod:`streamer.learning.campaign` for the adjusted Rand index and per-cluster recall.
+particle by particle in 4096-pixel batches, robust scaling, the seed weights, 4 clusters plus one
+spawned; ``tests/streamer/test_learning_seed.py``): adjusted Rand index 0.63 against the authors'
+k-means labels, Hungarian-matched recall 0.82 / 0.95 / 0.77 / 0.97 for the majority, low-edge,
+very-low-edge and high-white-line clusters (with :meth:`OnlinePixelClusters.consolidate`).
 
 Examples
 --------

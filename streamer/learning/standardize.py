@@ -13,8 +13,9 @@ dominate a distance). Two estimators:
 
 Measured on the seed study's real maps (three particles, six attributes, streamed per field with
 the authors' weights, 4 clusters; ``tests/streamer/test_learning_seed.py``), robust scaling is the
-better choice: one sentinel-valued pixel in a thousand inflates a standard deviation by orders of
-magnitude, a MAD not at all (see the numbers in :mod:`streamer.learning.pixel_clusters`).
+better default: with the maps' zero sentinels left in, adjusted Rand index 0.61 (robust) against
+0.44 (mean/sd); without them both reach 0.64. One sentinel-valued pixel in a thousand inflates a
+standard deviation by orders of magnitude, a MAD not at all.
 
 Examples
 --------
