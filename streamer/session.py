@@ -25,6 +25,9 @@ from streamer.run_decision import RunDecider
 
 log = logging.getLogger(__name__)
 
+MIN_NEW_CLUSTER_PX = 200
+"""A new pixel cluster smaller than this (a few failed fits, a speck) is logged, not alerted."""
+
 
 @dataclass
 class RunSummary:
@@ -143,7 +146,16 @@ class AnalysisSession:
             inside = interior.ravel() & ev.valid_pixels
             pixel = self.campaign.observe_field(info.fov_key, ev.attributes, inside)
             cluster_map = np.asarray(pixel.cluster_map)
-            new_clusters = list(pixel.new_clusters)
+            new_clusters = [
+                e for e in pixel.new_clusters if getattr(e, "n_pixels", 0) >= MIN_NEW_CLUSTER_PX
+            ]
+            for event in pixel.new_clusters:
+                if event not in new_clusters:
+                    log.info(
+                        "new pixel cluster too small to alert (%s px): %s",
+                        getattr(event, "n_pixels", "?"),
+                        getattr(event, "message", event),
+                    )
             for event in new_clusters:
                 analysis.book.simple(
                     "new_cluster",
