@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamer.provisional import ATTRIBUTE_NAMES
+
 __all__ = [
     "ATTRIBUTES",
     "DEFAULT_WEIGHTS",
@@ -36,15 +38,7 @@ __all__ = [
 ]
 
 #: Per-pixel attribute names (``docs/architecture.md``), in the order the models use them.
-ATTRIBUTES = (
-    "edge_jump",
-    "e0_half",
-    "e0_deriv",
-    "white_line_energy",
-    "white_line_height",
-    "pre_edge_noise",
-    "r_squared",
-)
+ATTRIBUTES = ATTRIBUTE_NAMES
 
 #: The seed study's weights: edge 1, white-line energy 1, white-line height 1, R^2 0.1,
 #: noise 0.1, edge jump off. ``e0_deriv`` (not in the seed study) is off by default.
