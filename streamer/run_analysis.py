@@ -302,9 +302,8 @@ class RunAnalysis:
         if not all(covered[k] for k in self.policy.decisive):
             self._next_eval_at = n_ready + 1
             return
-        # not yet valid (e.g. fewer than 3 post-edge points): try again at the next energy
-        ok = self.evaluate(final=False) is not None
-        self._next_eval_at = n_ready + (self.policy.every if ok else 1)
+        self._next_eval_at = n_ready + self.policy.every
+        self.evaluate(final=False)
 
     def snapshot(self, *, final: bool, aborted: bool = False) -> EvaluationSnapshot | None:
         """Attributes and particles on the energies normalised so far (no campaign involved)."""
