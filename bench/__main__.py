@@ -1,9 +1,9 @@
-"""``make bench``: run every benchmark module and write ``bench/results.json``.
+"""``make bench``: run every benchmark module, write ``bench/results.json``.
 
-Each ``bench/bench_*.py`` module exposes ``run(*, quick: bool = False) -> dict`` returning figures by
-name, each a dict with at least ``value`` and ``unit`` (and, for ratios, the two measured numbers
-they come from). Every ratio is measured side by side in one process, never against a number from
-another day. ``python -m bench --only ingest,features`` runs a subset; ``--quick`` uses small sizes.
+Each ``bench/bench_*.py`` module exposes ``run(*, quick: bool = False) -> dict`` returning
+figures by name, each a dict with at least ``value`` and ``unit`` (and, for ratios, the two
+measured numbers they come from). Every ratio is measured side by side in one process, never
+against a number from another day. ``python -m bench --only ingest,features`` runs a subset; ``--quick`` uses small sizes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", default="", help="comma-separated benchmark names (e.g. ingest)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (default: bench/results.json)")
+    parser.add_argument(
+        "--out", default=str(RESULTS), help="results file (default: bench/results.json)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     only = {s.strip() for s in args.only.split(",") if s.strip()} or None

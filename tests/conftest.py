@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 #: The measured data shipped beside the project (never copied into it).
-SHARED_DATA = Path(
-    os.environ.get("TXM_STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
-).resolve()
+_DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("TXM_STREAMER_SHARED_DATA", _DEFAULT)).resolve()
 
 
 @pytest.fixture(scope="session")

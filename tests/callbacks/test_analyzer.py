@@ -36,7 +36,10 @@ def _analyzer(**kw):
 @pytest.mark.parametrize("plan", ["xanes_scan2", "xanes_scan"])
 def test_survey_in_both_dialects_flags_the_planted_particle(RE, plan):
     fovs = make_survey(
-        n_fovs=2, shape=SHAPE, seed=3, n_particles=4,
+        n_fovs=2,
+        shape=SHAPE,
+        seed=3,
+        n_particles=4,
         anomalies_per_survey=[{"kind": "reduced", "fov": 1}],
     )
     txm = SimulatedTXM(fov=fovs[0], seed=3)
@@ -89,7 +92,7 @@ def test_aborted_scan_is_reported_not_raised(RE):
 
 def test_subscribing_mid_run_ignores_the_orphan_documents(RE, caplog):
     txm = SimulatedTXM(fov=make_field_of_view(shape=SHAPE, n_particles=2, seed=2), seed=2)
-    analyzer, sent = _analyzer()
+    analyzer, _sent = _analyzer()
     late = {"on": False}
 
     def gate(name, doc):
@@ -111,8 +114,13 @@ def test_a_failing_alert_sink_never_reaches_the_run_engine(RE):
     def broken(alert):
         raise RuntimeError("subscriber gone")
 
-    fovs = make_survey(n_fovs=1, shape=SHAPE, seed=4, n_particles=3,
-                       anomalies_per_survey=[{"kind": "white_line", "fov": 0}])
+    fovs = make_survey(
+        n_fovs=1,
+        shape=SHAPE,
+        seed=4,
+        n_particles=3,
+        anomalies_per_survey=[{"kind": "white_line", "fov": 0}],
+    )
     txm = SimulatedTXM(fov=fovs[0], seed=4)
     analyzer = XanesAnalyzer(alerts=broken)
     RE.subscribe(analyzer)
@@ -159,10 +167,18 @@ def test_generic_scan_without_flats_is_analysed_as_raw_absorbance(RE):
 def test_malformed_documents_are_logged_and_counted(RE, caplog):
     analyzer, _ = _analyzer()
     with caplog.at_level(logging.ERROR, logger="callbacks.analyzer"):
-        analyzer("start", {"uid": "u1", "time": 0.0, "plan_name": "xanes_scan2",
-                           "eng_list": [7.7, 7.71]})
-        analyzer("descriptor", {"uid": "d1", "run_start": "u1", "name": "primary",
-                                "data_keys": {"Andor_image": {"shape": [1, 8, 8]}}})
+        analyzer(
+            "start", {"uid": "u1", "time": 0.0, "plan_name": "xanes_scan2", "eng_list": [7.7, 7.71]}
+        )
+        analyzer(
+            "descriptor",
+            {
+                "uid": "d1",
+                "run_start": "u1",
+                "name": "primary",
+                "data_keys": {"Andor_image": {"shape": [1, 8, 8]}},
+            },
+        )
         analyzer("event", {"uid": "e1", "descriptor": "d1", "seq_num": 1})  # no data at all
         analyzer("stop", {"uid": "s1", "run_start": "u1", "exit_status": "success"})
     assert analyzer.flush(timeout=10)

@@ -63,7 +63,14 @@ def test_generic_scan_without_image_is_not_xanes():
 
 def test_explicit_metadata_block_wins():
     d = detect_dialect(
-        {"plan_name": "count", "txm_streamer": {"image_key": "img", "energy_key": "E",
-                                                 "energy_units": "eV", "energies": [7700, 7710]}}
+        {
+            "plan_name": "count",
+            "txm_streamer": {
+                "image_key": "img",
+                "energy_key": "E",
+                "energy_units": "eV",
+                "energies": [7700, 7710],
+            },
+        }
     )
     assert d.image_key == "img" and d.planned_energies_ev == (7700.0, 7710.0)
