@@ -3,7 +3,8 @@
 Each ``bench/bench_*.py`` module exposes ``run(*, quick: bool = False) -> dict`` returning
 figures by name, each a dict with at least ``value`` and ``unit`` (and, for ratios, the two
 measured numbers they come from). Every ratio is measured side by side in one process, never
-against a number from another day. ``python -m bench --only ingest,features`` runs a subset; ``--quick`` uses small sizes.
+against a number from another day. ``python -m bench --only ingest,features`` runs a subset;
+``--quick`` uses small sizes.
 """
 
 from __future__ import annotations
