@@ -74,6 +74,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from streamer.alerts.log import read_json_lines
+
 log = logging.getLogger(__name__)
 
 AlertState = tuple[str, str, str, bool]
@@ -338,17 +340,6 @@ class JournaledSink:
 
 def _read_records(path: Path) -> Iterable[dict[str, Any]]:
     """JSON objects of a JSON-lines file; a truncated last line (a crash mid-write) is skipped."""
-    with open(path, "rb") as file:
-        lines = file.read().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as err:
-            if number == len(lines):
-                log.warning("%s: skipping truncated last line %d (%s)", path, number, err)
-                return
-            raise ValueError(f"{path}:{number}: not a JSON record: {err}") from err
+    for record in read_json_lines(path, parse=json.loads, what="JSON record"):
         if isinstance(record, dict):
             yield record

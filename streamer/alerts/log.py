@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,13 @@ class AlertLog:
         self.close()
 
 
-def read_alert_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the alerts of an ``alerts.jsonl`` file in order.
+def read_json_lines(
+    path: str | os.PathLike[str], *, parse: Callable[[bytes], Any] = loads, what: str = "JSON alert"
+) -> Iterator[Any]:
+    """Yield ``parse(line)`` for every non-blank line of a JSON-lines file, in order.
 
     A malformed last line (a write cut short by a crash) is skipped with a warning; a malformed
-    line anywhere else raises ``ValueError`` naming the line.
+    line anywhere else raises ``ValueError`` naming the line and ``what`` it should have been.
     """
     with open(path, "rb") as file:
         lines = file.read().splitlines()
@@ -78,9 +80,14 @@ def read_alert_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield loads(line)
+            yield parse(line)
         except ValueError as err:
             if number == len(lines):
                 log.warning("%s: skipping truncated last line %d (%s)", path, number, err)
                 return
-            raise ValueError(f"{path}:{number}: not a JSON alert: {err}") from err
+            raise ValueError(f"{path}:{number}: not a {what}: {err}") from err
+
+
+def read_alert_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the alerts of an ``alerts.jsonl`` file in order (see :func:`read_json_lines`)."""
+    return read_json_lines(path)
