@@ -77,39 +77,6 @@ def _direct_reader(node, shape: tuple, dtype: np.dtype) -> Callable[[int, int], 
         if first.shape == shape[1:] and castable(first.dtype):
             return lambda a, b: np.stack([np.load(p) for p in paths[a:b]]).astype(dtype, copy=False)
     return None
-    source = sources[0]
-    assets = sorted(source.assets, key=lambda a: a.num or 0)
-    paths = [_local_path(a.data_uri) for a in assets]
-    if not paths or any(p is None for p in paths):
-        return None
-    mimetype = source.mimetype.split(";")[0]
-    if source.mimetype == "application/x-zarr" and len(paths) == 1:
-        import zarr
-
-        array = zarr.open_array(str(paths[0]), mode="r")
-        if tuple(array.shape) == shape and np.dtype(array.dtype) == dtype:
-            return lambda a, b: np.asarray(array[a:b])
-    elif mimetype == "application/x-hdf5":
-        dataset = source.parameters.get("dataset") or "/entry/data/data"
-        if source.parameters.get("slice") or source.parameters.get("squeeze"):
-            return None
-        sizes, row_shape, ok = [], None, True
-        for path in paths:
-            with _h5_dataset(path, dataset) as ds:
-                sizes.append(ds.shape[0])
-                row_shape = row_shape or tuple(ds.shape[1:])
-                ok = ok and np.dtype(ds.dtype) == dtype and tuple(ds.shape[1:]) == row_shape
-        per = _rows_per_row(sum(sizes), row_shape, shape) if ok else None
-        if per is not None:
-            offsets = np.cumsum([0, *sizes])
-            return lambda a, b: _read_parts(paths, dataset, offsets, a * per, b * per).reshape(
-                (b - a, *shape[1:])
-            )
-    elif source.mimetype == "multipart/related;type=application/x-npy" and len(paths) == shape[0]:
-        first = np.load(paths[0], mmap_mode="r")
-        if first.shape == shape[1:] and first.dtype == dtype:
-            return lambda a, b: np.stack([np.load(p) for p in paths[a:b]])
-    return None
 
 
 def _rows_per_row(n_file_rows: int, file_row: tuple, shape: tuple) -> int | None:
