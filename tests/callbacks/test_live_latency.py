@@ -1,9 +1,10 @@
 """The live benchmark's plumbing: msgpack documents, the analyzer behind bluesky's 0MQ dispatcher.
 
-No timing is asserted here (``bench/bench_live.py`` measures); these tests check that what the
-benchmark measures is the real thing: documents survive the msgpack wire format bit for bit, and
-a :class:`callbacks.XanesAnalyzer` fed through ``Publisher -> Proxy -> RemoteDispatcher`` in
-another process flags what the same analyzer flags in the RunEngine's process.
+No timing is asserted here (``bench/bench_live.py`` and ``bench/bench_latency.py`` measure);
+these tests check that what the benchmarks measure is the real thing: documents survive the
+msgpack wire format bit for bit, and a :class:`callbacks.XanesAnalyzer` fed through
+``Publisher -> Proxy -> RemoteDispatcher`` in another process flags what the same analyzer flags
+in the RunEngine's process.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
-from bench.bench_live import EventClock, RemoteAnalyzer, pack_document, unpack_document
+from bench.bench_latency import EventClock
+from bench.bench_live import RemoteAnalyzer, pack_document, unpack_document
 from callbacks import XanesAnalyzer
 from sim.instrument import SimulatedTXM
 from sim.plans import xanes_scan2
