@@ -14,10 +14,16 @@ fingerprint, so re-analysing a run does not repeat its provisional warning, whil
 first reached after the restart is still published. Score-only updates of a suppressed state are
 suppressed too (they would reach subscribers as a new firing alert).
 
+Alerts still firing when the earlier lifetime ended are *adopted* by the new publisher
+(:meth:`JournaledSink.adopt_inherited`, :meth:`~streamer.alerts.AlertPublisher.adopt`): held as
+firing without being sent again, so they are in its snapshot, and their confirmation or
+resolution goes out as an update or resolution of the alert subscribers already know.
+
 Journal file (JSON lines, append-only, one record per line)::
 
     {"type": "alert", "fingerprint": ..., "status": ..., "severity": ..., "provisional": ...,
-     "kind": ..., "run_uid": ..., "epoch": ..., "seq": ..., "revision": ..., "time": ...}
+     "kind": ..., "run_uid": ..., "epoch": ..., "seq": ..., "revision": ..., "time": ...,
+     "alert": {the alert as published}}
     {"type": "run_done", "run_uid": ..., "time": ...}
     {"type": "service_start", "time": ..., "pid": ...}
 
@@ -38,6 +44,8 @@ leave journaled alerts that never reached the wire. When the publisher keeps a l
 (``alerts.jsonl``, written right after each send), give it as ``delivery_log``: on load, the
 journal's alerts of an epoch that the log covers count only if the log has them, and the log's
 alerts count even if the journal missed them. Both windows are then a few microseconds wide.
+The alerts left firing (:attr:`AlertJournal.inherited_firing_`) come from the log for the epochs
+it covers, and from the journal's ``alert`` copies for the others.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "journal.jsonl"
@@ -60,6 +68,9 @@ alerts count even if the journal missed them. Both windows are then a few micros
 >>> sink(confirmed)["seq"]                               # a new state: published
 2
 >>> sink.close()
+
+A publisher that can :meth:`~streamer.alerts.AlertPublisher.adopt` gets the alerts left firing
+through :meth:`JournaledSink.adopt_inherited`, before the first alert of the new lifetime.
 """
 
 from __future__ import annotations
@@ -75,6 +86,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streamer.alerts.log import read_json_lines
+from streamer.alerts.schema import EVENT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +137,9 @@ class AlertJournal:
         Run uids whose analysis ended.
     first_start_
         Unix time of the first ``service_start`` record (``None`` before :meth:`record_start`).
+    inherited_firing_
+        Fingerprint -> the alert (as published) that earlier lifetimes left firing: delivered and
+        neither resolved nor a one-off event, as loaded (not updated by this lifetime).
     """
 
     def __init__(
@@ -143,6 +158,7 @@ class AlertJournal:
         self.published_: set[AlertState] = set()
         self.completed_runs_: set[str] = set()
         self.first_start_: float | None = None
+        self.inherited_firing_: dict[str, dict[str, Any]] = {}
         self.n_loaded = 0
         records = list(_read_records(self.path)) if self.path.exists() else []
         self._load(records, delivery_log)
@@ -155,11 +171,13 @@ class AlertJournal:
     def _load(self, records: list[dict], delivery_log: str | os.PathLike[str] | None) -> None:
         delivered: dict[str, set[int]] = {}
         delivered_states: set[AlertState] = set()
+        sent_alerts: list[dict[str, Any]] = []  # full alerts, to find what was left firing
         if delivery_log is not None and Path(delivery_log).exists():
             for alert in _read_records(Path(delivery_log)):
                 if alert.get("fingerprint") and alert.get("epoch") is not None:
                     delivered.setdefault(alert["epoch"], set()).add(alert.get("seq"))
                     delivered_states.add(alert_state(alert))
+                    sent_alerts.append(alert)
         undelivered = 0
         for record in records:
             kind = record.get("type")
@@ -169,17 +187,21 @@ class AlertJournal:
                     undelivered += 1  # accepted but never sent: the process died in between
                     continue
                 self.published_.add(alert_state(record))
+                if sent is None and isinstance(record.get("alert"), dict):
+                    sent_alerts.append(record["alert"])  # an epoch the log does not cover
             elif kind == "run_done":
                 self.completed_runs_.add(record["run_uid"])
             elif kind == "service_start" and self.first_start_ is None:
                 self.first_start_ = float(record["time"])
             self.n_loaded += 1
         self.published_ |= delivered_states
+        self.inherited_firing_ = left_firing(sent_alerts)
         if records or delivered_states:
             log.info(
-                "alert journal %s: %d published alert states, %d finished runs%s",
+                "alert journal %s: %d published alert states, %d left firing, %d finished runs%s",
                 self.path,
                 len(self.published_),
+                len(self.inherited_firing_),
                 len(self.completed_runs_),
                 f", {undelivered} accepted but never sent (will be published)"
                 if undelivered
@@ -204,6 +226,7 @@ class AlertJournal:
                 "seq": alert.get("seq"),
                 "revision": alert.get("revision"),
                 "time": time.time(),
+                "alert": dict(alert),
             }
         )
 
@@ -269,13 +292,14 @@ class JournaledSink:
 
     Notes
     -----
-    A resolution (or any new state) of a fingerprint whose earlier state was suppressed reaches a
-    publisher that never saw the fingerprint firing; the publisher would drop a resolution of an
-    alert it does not hold, so the sink first re-publishes the suppressed firing state (counted as
-    ``restored``), then the resolution: subscribers may see that firing state twice, but never miss
-    the resolution. Such a re-published alert carries ``extra["restored_after_restart"] = True``;
-    ``stats["restored"]`` counts them. (Subscribers forget the firing alerts of a publisher that
-    restarted, so for them the condition fires again, then resolves.)
+    A resolution of a fingerprint whose firing state was suppressed must reach a publisher that
+    holds the fingerprint as firing (a publisher drops a resolution of an alert it does not hold).
+    :meth:`adopt_inherited` hands the publisher the alerts left firing, so their resolutions go
+    straight out. For a fingerprint the publisher does not hold (a publisher without ``adopt``,
+    or a journal that cannot tell what was left firing), the sink falls back to re-publishing the
+    suppressed firing state first (marked ``extra["restored_after_restart"] = True``, counted as
+    ``restored``), then the resolution: subscribers then see that firing state twice, but never
+    miss the resolution.
     """
 
     def __init__(
@@ -292,7 +316,25 @@ class JournaledSink:
         self.journal = journal
         self.counts: Counter[str] = Counter()
         self._held_back: dict[str, dict[str, Any]] = {}  # fingerprint -> suppressed firing alert
+        self._adopted: set[str] = set()  # fingerprints the publisher holds from an earlier lifetime
         self._lock = threading.Lock()
+
+    def adopt_inherited(self) -> list[dict[str, Any]]:
+        """Give the publisher the alerts earlier lifetimes left firing, without sending them.
+
+        Call it once, right after a restart and before the first alert. Returns the alerts the
+        publisher adopted (empty if it has no ``adopt`` method: resolutions then fall back to
+        re-publishing the firing state, see the class notes).
+        """
+        adopt = getattr(self.publisher, "adopt", None)
+        inherited = list(self.journal.inherited_firing_.values())
+        if adopt is None or not inherited:
+            return []
+        with self._lock:
+            adopted = adopt(inherited)
+            self._adopted.update(a["fingerprint"] for a in adopted)
+            self.counts["adopted"] += len(adopted)
+        return adopted
 
     def __call__(self, alert: Mapping[str, Any]) -> dict[str, Any] | None:
         """Publish ``alert`` unless its state was already published; return what was sent."""
@@ -315,7 +357,7 @@ class JournaledSink:
             log.debug("suppressed an already published %s alert (%s)", alert.get("kind"), state)
             return None
         held = self._held_back.pop(fingerprint, None)
-        if held is not None and status == "resolved":
+        if held is not None and status == "resolved" and fingerprint not in self._adopted:
             log.info("re-publishing the firing state of %s so that it can be resolved", fingerprint)
             extra = {**(held.get("extra") or {}), "restored_after_restart": True}
             restored = self.publisher.publish({**held, "extra": extra})
@@ -326,16 +368,42 @@ class JournaledSink:
         if sent is not None:
             self.counts["published"] += 1
             self.journal.record_alert(sent)
+            if status == "resolved":
+                self._adopted.discard(fingerprint)  # no longer held by the publisher
         return sent
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: received, published, suppressed, restored."""
-        return {k: self.counts[k] for k in ("received", "published", "suppressed", "restored")}
+        """Counters: received, published, suppressed, adopted, restored."""
+        keys = ("received", "published", "suppressed", "adopted", "restored")
+        return {k: self.counts[k] for k in keys}
 
     def close(self) -> None:
         """Close the journal (not the publisher, which the caller owns)."""
         self.journal.close()
+
+
+def left_firing(alerts: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Fingerprint -> last firing alert, of sent ``alerts`` folded in ``(time, seq)`` order.
+
+    One-off events (``scan_summary``) are never firing; a resolution ends its fingerprint.
+
+    >>> fired = {"fingerprint": "f", "kind": "data_quality", "status": "firing", "time": 1.0}
+    >>> list(left_firing([fired])), left_firing([fired, {**fired, "status": "resolved",
+    ...                                                  "time": 2.0}])
+    (['f'], {})
+    """
+    firing: dict[str, dict[str, Any]] = {}
+    order = sorted(alerts, key=lambda a: (float(a.get("time") or 0.0), int(a.get("seq") or 0)))
+    for alert in order:
+        fingerprint = alert.get("fingerprint")
+        if not fingerprint or alert.get("kind") in EVENT_KINDS:
+            continue
+        if alert.get("status") == "firing":
+            firing[fingerprint] = dict(alert)
+        else:
+            firing.pop(fingerprint, None)
+    return firing
 
 
 def _read_records(path: Path) -> Iterable[dict[str, Any]]:

@@ -16,6 +16,9 @@ Otherwise it is counted as ``deduplicated`` and :meth:`~AlertPublisher.publish` 
 against recent events. :meth:`~AlertPublisher.resolve` sends ``status="resolved"`` and forgets it.
 The bookkeeping lives in :class:`~streamer.alerts.ledger.AlertLedger`.
 
+Adoption after a restart: :meth:`AlertPublisher.adopt` holds the alerts an earlier lifetime left
+firing as firing *without sending them* (see :mod:`streamer.alerts.adoption`).
+
 Overload: the outbox holds ``max_queue`` messages; when full, a new alert evicts the oldest queued
 one of a lower severity (debug first), else it is refused. Heartbeats are never queued (the thread
 makes them when due). Both outcomes are counted in :attr:`~AlertPublisher.stats` and logged; an
@@ -31,17 +34,17 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from secrets import token_hex
 from typing import Any
 
 import zmq
 
+from .adoption import AdoptingLedger, adoptable
 from .endpoints import DEFAULT_ENDPOINT, check_bind_endpoint, default_snapshot_endpoint, port_of
 from .flow import RateLimiter
 from .heartbeat import make_heartbeat
-from .ledger import AlertLedger
 from .log import AlertLog
 from .schema import HEARTBEAT_TOPIC, PUBLISHER_FIELDS, AlertValidationError, dumps, make_alert
 from .snapshot import serve_snapshot_requests
@@ -125,7 +128,7 @@ class AlertPublisher:
         self.log_path = Path(log_path) if log_path is not None else None
         self._log = AlertLog(self.log_path) if self.log_path is not None else None
 
-        self._ledger = AlertLedger(
+        self._ledger = AdoptingLedger(
             self.publisher_id,
             self.epoch,
             max_queue=max_queue,
@@ -173,6 +176,49 @@ class AlertPublisher:
     def resolve(self, fingerprint: str, *, message: str | None = None) -> dict[str, Any] | None:
         """Send ``status="resolved"`` for a firing alert; ``None`` if it is not firing."""
         return self._ledger.resolve(fingerprint, message=message)
+
+    def adopt(self, alerts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Hold alerts sent by an earlier lifetime as firing, without sending them again.
+
+        Parameters
+        ----------
+        alerts
+            Published alerts (every field, as they went out: see
+            :attr:`streamer.alert_journal.AlertJournal.inherited_firing_`), ``status="firing"``.
+            ``scan_summary`` events only join the deduplication memory.
+
+        Returns
+        -------
+        list of dict
+            Copies of the alerts adopted. A fingerprint this publisher already holds is skipped
+            (what it holds is newer). The publisher's own rate-limit summaries (``data_quality``,
+            ``subject="rate_limit:<kind>"``) are adopted and resolved at once: the new lifetime's
+            rate limiter starts afresh and would never resolve them.
+
+        Raises
+        ------
+        AlertValidationError
+            If an alert breaks the schema (nothing is adopted then).
+        ValueError
+            If an alert is not firing.
+
+        Examples
+        --------
+        >>> with AlertPublisher("tcp://127.0.0.1:*") as old:
+        ...     sent = old.publish({"kind": "data_quality", "subject": "flats", "run_uid": "r1"})
+        >>> with AlertPublisher("tcp://127.0.0.1:*") as new:       # after a restart
+        ...     adopted = new.adopt([sent])
+        ...     again = new.publish({"kind": "data_quality", "subject": "flats", "run_uid": "r1"})
+        ...     resolved = new.resolve(sent["fingerprint"])
+        >>> len(adopted), again, new.stats["adopted"], new.stats.get("published", 0)
+        (1, None, 1, 0)
+        >>> resolved["status"], resolved["revision"], resolved["epoch"] == sent["epoch"]
+        ('resolved', 1, False)
+        """
+        adopted = self._ledger.adopt(adoptable(alerts))
+        if adopted:
+            log.info("adopted %d firing alerts of an earlier lifetime", len(adopted))
+        return adopted
 
     def wait_for_subscribers(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a first subscription; return whether one came."""

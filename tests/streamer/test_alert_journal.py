@@ -11,7 +11,10 @@ from streamer.alerts import AlertPublisher, make_alert, read_alert_log
 
 
 class FakePublisher:
-    """Numbers what it is given like a publisher; refuses resolutions of what it never fired."""
+    """Numbers what it is given like a publisher; refuses resolutions of what it never fired.
+
+    Without ``adopt`` (an older publisher): the sink falls back to re-publishing firing states.
+    """
 
     def __init__(self, epoch: str = "e1") -> None:
         self.epoch, self.sent, self.firing = epoch, [], set()
@@ -53,7 +56,13 @@ def test_a_restart_suppresses_published_states_and_passes_new_ones(tmp_path):
     assert sink(_particle(1)) is None  # same state: suppressed
     assert sink(_particle(1, severity="critical", provisional=False))["seq"] == 1  # confirmation
     assert sink(_particle(2))["seq"] == 2  # a new fingerprint
-    assert sink.stats == {"received": 3, "published": 2, "suppressed": 1, "restored": 0}
+    assert sink.stats == {
+        "received": 3,
+        "published": 2,
+        "suppressed": 1,
+        "adopted": 0,
+        "restored": 0,
+    }
     sink.close()
     third = JournaledSink(FakePublisher("e3"), path)
     assert third(_particle(1, severity="critical", provisional=False)) is None
@@ -135,3 +144,70 @@ def test_with_a_real_publisher(tmp_path):
         assert sink(_particle(1)) is None and sink.stats["suppressed"] == 1
         sink.close()
     assert len(list(read_alert_log(log))) == 1
+
+
+class AdoptingPublisher(FakePublisher):
+    """A publisher that can hold alerts of an earlier lifetime as firing without sending them."""
+
+    def adopt(self, alerts):
+        alerts = [a for a in alerts if a["fingerprint"] not in self.firing]
+        self.firing.update(a["fingerprint"] for a in alerts)
+        return alerts
+
+
+def test_alerts_left_firing_come_from_the_log_and_the_journal(tmp_path):
+    path, log = tmp_path / "journal.jsonl", tmp_path / "alerts.jsonl"
+    journal = AlertJournal(path)
+    journal.record_alert({**_particle(1), "epoch": "e0", "seq": 1, "time": 1.0})  # no log then
+    journal.record_alert({**_particle(2), "epoch": "e0", "seq": 2, "time": 2.0})
+    journal.record_alert({**_particle(5), "epoch": "e1", "seq": 1, "time": 5.0})  # never sent
+    journal.close()
+    resolved_2 = {**_particle(2, status="resolved"), "epoch": "e1", "seq": 2, "time": 6.0}
+    summary = {**make_alert("scan_summary", run_uid="r1", message="done"), "epoch": "e1"}
+    lines = [{**_particle(3), "epoch": "e1", "seq": 1, "time": 4.0}, resolved_2,
+             {**summary, "seq": 3, "time": 7.0}]  # fmt: skip
+    log.write_text("".join(json.dumps(a) + "\n" for a in lines))
+    journal = AlertJournal(path, delivery_log=log)
+    inherited = journal.inherited_firing_
+    assert set(inherited) == {_particle(1)["fingerprint"], _particle(3)["fingerprint"]}
+    assert inherited[_particle(1)["fingerprint"]]["epoch"] == "e0"  # the full alert, as sent
+    journal.close()
+
+
+def test_adopted_alerts_resolve_without_being_published_again(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    sink = JournaledSink(AdoptingPublisher("e1"), path)
+    sink(_particle(5))
+    sink(_particle(6))
+    sink.close()
+    publisher = AdoptingPublisher("e2")
+    sink = JournaledSink(publisher, path)
+    adopted = sink.adopt_inherited()
+    assert {a["particle"]["id"] for a in adopted} == {5, 6} and publisher.sent == []
+    assert sink(_particle(5)) is None  # re-analysis: suppressed
+    resolved = sink(_particle(5, severity="info", provisional=False, status="resolved"))
+    confirmed = sink(_particle(6, severity="critical", provisional=False))
+    assert publisher.sent == [resolved, confirmed]  # nothing restored, nothing twice
+    assert sink.stats["adopted"] == 2 and sink.stats["restored"] == 0
+    sink.close()
+    third = JournaledSink(AdoptingPublisher("e3"), path)
+    assert [a["particle"]["id"] for a in third.journal.inherited_firing_.values()] == [6]
+    third.close()
+
+
+def test_a_real_publisher_adopts_through_the_sink(tmp_path):
+    log, path = tmp_path / "alerts.jsonl", tmp_path / "journal.jsonl"
+    with AlertPublisher("tcp://127.0.0.1:*", log_path=log) as publisher:
+        sink = JournaledSink(publisher, path, delivery_log=log)
+        first = sink(_particle(1))
+        sink.close()
+    with AlertPublisher("tcp://127.0.0.1:*", log_path=log) as publisher:
+        sink = JournaledSink(publisher, path, delivery_log=log)
+        assert [a["seq"] for a in sink.adopt_inherited()] == [first["seq"]]
+        assert publisher.firing == [first]
+        assert sink(_particle(1)) is None
+        resolved = sink(_particle(1, severity="info", provisional=False, status="resolved"))
+        sink.close()
+    assert resolved["revision"] == 1 and resolved["epoch"] == publisher.epoch
+    states = [alert_state(a) for a in read_alert_log(log)]
+    assert len(states) == len(set(states)) == 2

@@ -1,0 +1,107 @@
+"""AlertPublisher.adopt: alerts left firing by an earlier lifetime are held, never re-sent."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from streamer.alerts import (
+    AlertPublisher,
+    AlertSubscriber,
+    AlertValidationError,
+    make_alert,
+    read_alert_log,
+)
+
+ANY_PORT = "tcp://127.0.0.1:*"
+BOUND = 20.0  # upper bound on any wait; the tests go on as soon as the condition holds
+
+
+def particle(pid, **fields):
+    base = {"run_uid": "r1", "scan_id": 2, "particle": {"id": pid}, "score": 5.0,
+            "threshold": 3.0, "energy_index": 10, "n_energies": 53}  # fmt: skip
+    return make_alert("anomalous_particle", **{**base, **fields})
+
+
+def wait_until(predicate, what):
+    deadline = time.monotonic() + BOUND
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)  # polling interval, not synchronisation
+
+
+def receive(sub, n):
+    deadline = time.monotonic() + BOUND
+    got = []
+    while len(got) < n:
+        alert = sub.recv(timeout=max(0.0, deadline - time.monotonic()))
+        if alert is None:
+            pytest.fail(f"received {len(got)} of {n} alerts")
+        got.append(alert)
+    return got
+
+
+@pytest.fixture
+def earlier_lifetime(tmp_path):
+    """What a first publisher sent: particles 1 and 2 firing, 3 fired then resolved."""
+    log = tmp_path / "alerts.jsonl"
+    with AlertPublisher(ANY_PORT, log_path=log) as pub:
+        sent = [pub.publish(particle(i, severity="warning", provisional=True)) for i in (1, 2, 3)]
+        pub.resolve(sent[2]["fingerprint"])
+        firing = pub.firing
+    assert len(list(read_alert_log(log))) == 4
+    return log, firing
+
+
+def test_adopted_alerts_are_held_and_sent_nowhere(tmp_path, earlier_lifetime):
+    log, firing = earlier_lifetime
+    with AlertPublisher(ANY_PORT, log_path=log, heartbeat_interval=0.2) as pub:
+        adopted = pub.adopt(firing)
+        assert adopted == firing and pub.firing == firing
+        assert pub.stats["adopted"] == 2 and pub.stats["seq"] == 0
+        assert pub.publish(particle(1, severity="warning", provisional=True)) is None  # dedup
+        confirmed = pub.publish(particle(1, severity="critical", provisional=False))
+        wait_until(lambda: pub.stats.get("sent") == 1, "the update to be sent")
+        # (a subscriber asks for a snapshot once the epoch has a first alert: seq > 0)
+        with AlertSubscriber(pub.endpoint, heartbeat_timeout=5.0) as late:
+            snapshot = receive(late, 2)  # a late subscriber learns the adopted alert
+            old = firing[1]  # adopted, unchanged: as the earlier lifetime sent it
+            assert [(a["fingerprint"], a["epoch"], a["seq"]) for a in snapshot] == [
+                (confirmed["fingerprint"], pub.epoch, 1),
+                (old["fingerprint"], old["epoch"], old["seq"]),
+            ]
+            resolved = pub.resolve(firing[1]["fingerprint"], message="normal after all")
+            assert [a["seq"] for a in receive(late, 1)] == [2]
+            assert late.counts["gaps"] == 0 and set(late.firing_) == {confirmed["fingerprint"]}
+    assert confirmed["revision"] == 1 and confirmed["epoch"] == pub.epoch
+    assert resolved["status"] == "resolved" and resolved["revision"] == 1
+    assert pub.stats.get("published", 0) == 0 and pub.stats["updates"] == 1
+    lines = list(read_alert_log(log))
+    assert len(lines) == 6  # the earlier lifetime's four, then the update and the resolution
+    assert [a["seq"] for a in lines[4:]] == [1, 2]
+
+
+def test_adopt_skips_what_is_held_and_refuses_what_is_not_a_firing_alert(earlier_lifetime):
+    _, firing = earlier_lifetime
+    with AlertPublisher(ANY_PORT) as pub:
+        newer = pub.publish(particle(1, severity="critical", provisional=False))
+        assert [a["fingerprint"] for a in pub.adopt(firing)] == [firing[1]["fingerprint"]]
+        held = {a["fingerprint"]: a for a in pub.firing}
+        assert held[newer["fingerprint"]]["seq"] == 1  # the newer state stays
+        assert pub.adopt(firing) == []  # idempotent
+        with pytest.raises(ValueError, match="only firing"):
+            pub.adopt([{**firing[0], "status": "resolved"}])
+        with pytest.raises(AlertValidationError):
+            pub.adopt([particle(9)])  # never published: no seq, epoch...
+
+
+def test_an_adopted_rate_limit_summary_is_resolved_at_once():
+    with AlertPublisher(ANY_PORT) as old:
+        summary = old.publish(make_alert("data_quality", subject="rate_limit:new_cluster",
+                                         severity="warning", message="rate limit"))  # fmt: skip
+    with AlertPublisher(ANY_PORT) as pub:
+        (adopted,) = pub.adopt([summary])
+        assert pub.firing == [] and pub.stats["resolved"] == 1
+    assert adopted["fingerprint"] == summary["fingerprint"]
