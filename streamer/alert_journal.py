@@ -2,9 +2,9 @@
 
 A live service (``txm-streamer serve``) that dies mid-campaign and restarts re-analyses the run
 that was in progress (from the catalog). Its alerts have the same fingerprints as before (the
-fingerprint is ``[kind, mode, run_uid, particle id, subject]``, see
-:mod:`streamer.alerts.schema`), but the new publisher's memory is empty, so without help it would
-publish them all again. :class:`JournaledSink` sits between the analyzer and the publisher: it
+fingerprint is ``[kind, mode, run_uid, particle id, subject]``, see :mod:`streamer.alerts.schema`),
+but the new publisher's memory is empty, so without help it would publish them all again.
+:class:`~streamer.journaled_sink.JournaledSink` sits between the analyzer and the publisher: it
 suppresses an alert whose **state** was already published in an earlier lifetime, and passes
 everything else on.
 
@@ -15,9 +15,10 @@ first reached after the restart is still published. Score-only updates of a supp
 suppressed too (they would reach subscribers as a new firing alert).
 
 Alerts still firing when the earlier lifetime ended are *adopted* by the new publisher
-(:meth:`JournaledSink.adopt_inherited`, :meth:`~streamer.alerts.AlertPublisher.adopt`): held as
-firing without being sent again, so they are in its snapshot, and their confirmation or
-resolution goes out as an update or resolution of the alert subscribers already know.
+(:meth:`~streamer.journaled_sink.JournaledSink.adopt_inherited`,
+:meth:`~streamer.alerts.AlertPublisher.adopt`): held as firing without being sent again, so they
+are in its snapshot, and their confirmation or resolution goes out as an update or resolution of
+the alert subscribers already know.
 
 Journal file (JSON lines, append-only, one record per line)::
 
@@ -30,13 +31,13 @@ Journal file (JSON lines, append-only, one record per line)::
 ``run_done`` records the runs whose analysis ended (their ``scan_summary`` went through the
 sink): a restarted service re-analyses the runs of its catalog that have no such record.
 
-Durability and latency: every record is written and flushed to the operating system at once, so
-a killed process (SIGKILL, a crash) never loses a record. ``fsync="line"`` (default) also forces
-each record to the disk before :meth:`JournaledSink.__call__` returns, which survives a power cut
-or a kernel crash at the price of one disk flush per alert (typically 0.1 to 10 ms: alerts come a
-few per run, so this is cheap). ``fsync="batch"`` forces the disk at most every
-``fsync_interval`` seconds and on :meth:`AlertJournal.close` (an OS crash may then lose the last
-interval's records, which would be published again); ``fsync="never"`` leaves it to the OS.
+Durability and latency: every record is written and flushed to the operating system at once, so a
+killed process (SIGKILL, a crash) never loses a record. ``fsync="line"`` (default) also forces each
+record to the disk before :meth:`~streamer.journaled_sink.JournaledSink.__call__` returns, which
+survives a power cut or a kernel crash at the price of one disk flush per alert (typically 0.1 to
+10 ms: alerts come a few per run, so this is cheap). ``fsync="batch"`` forces the disk at most
+every ``fsync_interval`` seconds and on :meth:`AlertJournal.close` (an OS crash may then lose the
+last interval's records, which would be published again); ``fsync="never"`` leaves it to the OS.
 
 What "published" means: the sink journals an alert when :meth:`AlertPublisher.publish` accepts
 it, which is a moment before the publisher's thread sends it. A process killed in between would
@@ -47,30 +48,8 @@ alerts count even if the journal missed them. Both windows are then a few micros
 The alerts left firing (:attr:`AlertJournal.inherited_firing_`) come from the log for the epochs
 it covers, and from the journal's ``alert`` copies for the others.
 
->>> import tempfile, pathlib
->>> path = pathlib.Path(tempfile.mkdtemp()) / "journal.jsonl"
->>> sent = []
->>> class Publisher:
-...     def publish(self, alert):
-...         sent.append(alert)
-...         return {**alert, "seq": len(sent), "epoch": "e1", "revision": 0}
->>> from streamer.alerts import make_alert
->>> warn = make_alert("anomalous_particle", run_uid="r1", particle={"id": 3}, severity="warning",
-...                   energy_index=10, n_energies=50)
->>> sink = JournaledSink(Publisher(), path)
->>> sink(warn)["seq"]
-1
->>> sink.close()
->>> sink = JournaledSink(Publisher(), path)             # a restarted service
->>> sink(warn) is None, sink.stats["suppressed"]         # the same state: not published again
-(True, 1)
->>> confirmed = {**warn, "severity": "critical", "provisional": False, "energy_index": 49}
->>> sink(confirmed)["seq"]                               # a new state: published
-2
->>> sink.close()
-
-A publisher that can :meth:`~streamer.alerts.AlertPublisher.adopt` gets the alerts left firing
-through :meth:`JournaledSink.adopt_inherited`, before the first alert of the new lifetime.
+The sink itself, :class:`~streamer.journaled_sink.JournaledSink`, is in
+:mod:`streamer.journaled_sink` (importable from here too).
 """
 
 from __future__ import annotations
@@ -80,10 +59,9 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from streamer.alerts.log import read_json_lines
 from streamer.alerts.schema import EVENT_KINDS
@@ -109,10 +87,6 @@ def alert_state(alert: Mapping[str, Any]) -> AlertState:
         str(alert.get("severity")),
         bool(alert.get("provisional", False)),
     )
-
-
-class _Publisher(Protocol):
-    def publish(self, alert: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
 
 class AlertJournal:
@@ -277,112 +251,6 @@ class AlertJournal:
             self._file.close()
 
 
-class JournaledSink:
-    """An alert sink that publishes through ``publisher`` and journals what it published.
-
-    Parameters
-    ----------
-    publisher
-        An :class:`~streamer.alerts.AlertPublisher` (anything with ``publish(alert)`` returning the
-        sent alert or ``None``).
-    journal
-        An :class:`AlertJournal`, or a path to open one at (with ``fsync`` and ``delivery_log``).
-    fsync, delivery_log
-        Options of the :class:`AlertJournal` opened from a path.
-
-    Notes
-    -----
-    A resolution of a fingerprint whose firing state was suppressed must reach a publisher that
-    holds the fingerprint as firing (a publisher drops a resolution of an alert it does not hold).
-    :meth:`adopt_inherited` hands the publisher the alerts left firing, so their resolutions go
-    straight out. For a fingerprint the publisher does not hold (a publisher without ``adopt``,
-    or a journal that cannot tell what was left firing), the sink falls back to re-publishing the
-    suppressed firing state first (marked ``extra["restored_after_restart"] = True``, counted as
-    ``restored``), then the resolution: subscribers then see that firing state twice, but never
-    miss the resolution.
-    """
-
-    def __init__(
-        self,
-        publisher: _Publisher,
-        journal: AlertJournal | str | os.PathLike[str],
-        *,
-        fsync: str = "line",
-        delivery_log: str | os.PathLike[str] | None = None,
-    ) -> None:
-        if not isinstance(journal, AlertJournal):
-            journal = AlertJournal(journal, fsync=fsync, delivery_log=delivery_log)
-        self.publisher = publisher
-        self.journal = journal
-        self.counts: Counter[str] = Counter()
-        self._held_back: dict[str, dict[str, Any]] = {}  # fingerprint -> suppressed firing alert
-        self._adopted: set[str] = set()  # fingerprints the publisher holds from an earlier lifetime
-        self._lock = threading.Lock()
-
-    def adopt_inherited(self) -> list[dict[str, Any]]:
-        """Give the publisher the alerts earlier lifetimes left firing, without sending them.
-
-        Call it once, right after a restart and before the first alert. Returns the alerts the
-        publisher adopted (empty if it has no ``adopt`` method: resolutions then fall back to
-        re-publishing the firing state, see the class notes).
-        """
-        adopt = getattr(self.publisher, "adopt", None)
-        inherited = list(self.journal.inherited_firing_.values())
-        if adopt is None or not inherited:
-            return []
-        with self._lock:
-            adopted = adopt(inherited)
-            self._adopted.update(a["fingerprint"] for a in adopted)
-            self.counts["adopted"] += len(adopted)
-        return adopted
-
-    def __call__(self, alert: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Publish ``alert`` unless its state was already published; return what was sent."""
-        with self._lock:
-            out = self._submit(dict(alert))
-            if alert.get("kind") == "scan_summary" and alert.get("run_uid"):
-                self.journal.mark_run_completed(str(alert["run_uid"]))
-            return out
-
-    publish = __call__
-
-    def _submit(self, alert: dict[str, Any]) -> dict[str, Any] | None:
-        state = alert_state(alert)
-        fingerprint, status = state[0], state[1]
-        self.counts["received"] += 1
-        if state in self.journal.published_:
-            self.counts["suppressed"] += 1
-            if status == "firing":
-                self._held_back[fingerprint] = alert
-            log.debug("suppressed an already published %s alert (%s)", alert.get("kind"), state)
-            return None
-        held = self._held_back.pop(fingerprint, None)
-        if held is not None and status == "resolved" and fingerprint not in self._adopted:
-            log.info("re-publishing the firing state of %s so that it can be resolved", fingerprint)
-            extra = {**(held.get("extra") or {}), "restored_after_restart": True}
-            restored = self.publisher.publish({**held, "extra": extra})
-            if restored is not None:
-                self.counts["restored"] += 1
-                self.journal.record_alert(restored)
-        sent = self.publisher.publish(alert)
-        if sent is not None:
-            self.counts["published"] += 1
-            self.journal.record_alert(sent)
-            if status == "resolved":
-                self._adopted.discard(fingerprint)  # no longer held by the publisher
-        return sent
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Counters: received, published, suppressed, adopted, restored."""
-        keys = ("received", "published", "suppressed", "adopted", "restored")
-        return {k: self.counts[k] for k in keys}
-
-    def close(self) -> None:
-        """Close the journal (not the publisher, which the caller owns)."""
-        self.journal.close()
-
-
 def left_firing(alerts: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Fingerprint -> last firing alert, of sent ``alerts`` folded in ``(time, seq)`` order.
 
@@ -411,3 +279,12 @@ def _read_records(path: Path) -> Iterable[dict[str, Any]]:
     for record in read_json_lines(path, parse=json.loads, what="JSON record"):
         if isinstance(record, dict):
             yield record
+
+
+def __getattr__(name: str) -> Any:
+    """``JournaledSink`` is importable from here too (lazily: its module imports this one)."""
+    if name == "JournaledSink":
+        from streamer.journaled_sink import JournaledSink
+
+        return JournaledSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

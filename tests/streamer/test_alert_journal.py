@@ -155,6 +155,11 @@ class AdoptingPublisher(FakePublisher):
         return alerts
 
 
+class Refusing(FakePublisher):
+    def adopt(self, alerts):
+        raise ValueError("alert field 'schema' must be 'txm-streamer.alert/2'")
+
+
 def test_alerts_left_firing_come_from_the_log_and_the_journal(tmp_path):
     path, log = tmp_path / "journal.jsonl", tmp_path / "alerts.jsonl"
     journal = AlertJournal(path)
@@ -174,7 +179,7 @@ def test_alerts_left_firing_come_from_the_log_and_the_journal(tmp_path):
     journal.close()
 
 
-def test_adopted_alerts_resolve_without_being_published_again(tmp_path):
+def test_adopted_alerts_resolve_without_being_published_again(tmp_path, caplog):
     path = tmp_path / "journal.jsonl"
     sink = JournaledSink(AdoptingPublisher("e1"), path)
     sink(_particle(5))
@@ -189,6 +194,9 @@ def test_adopted_alerts_resolve_without_being_published_again(tmp_path):
     confirmed = sink(_particle(6, severity="critical", provisional=False))
     assert publisher.sent == [resolved, confirmed]  # nothing restored, nothing twice
     assert sink.stats["adopted"] == 2 and sink.stats["restored"] == 0
+    sink.close()
+    sink = JournaledSink(Refusing("e3"), path)
+    assert sink.adopt_inherited() == [] and "cannot adopt" in caplog.text  # logged, not fatal
     sink.close()
     third = JournaledSink(AdoptingPublisher("e3"), path)
     assert [a["particle"]["id"] for a in third.journal.inherited_firing_.values()] == [6]
