@@ -1,4 +1,4 @@
-"""Parametric Co K-edge XANES of LiCoO2 and its absolute absorption.
+"""Parametric Co K-edge XANES of LiCoO2: the model and its reference states.
 
 The normalised absorption ``mu(E)`` (pre-edge 0, edge step 1) is a sum of
 
@@ -13,18 +13,24 @@ The normalised absorption ``mu(E)`` (pre-edge 0, edge step 1) is a sum of
 All shape parameters broadcast over pixels, so one call returns ``(n_energies, n_pixels)``.
 :data:`PRISTINE` and :data:`CHARGED` were fitted to the measured LiCoO2 TXM standards (see
 :mod:`sim.calibration` and ``tests/sim/test_calibration.py``); :data:`REDUCED` (toward CoO) has no
-measured standard here and is a documented assumption. Absolute absorption for a thickness comes
-from :func:`licoo2_mu_per_um` (xraydb, Elam tables).
+measured standard here and is a documented assumption.
+
+Two neighbouring concepts live in their own modules and are re-exported here: the absolute
+absorption for a thickness, :func:`licoo2_mu_per_um` (:mod:`sim.absorption`, xraydb's Elam
+tables), and the observable edge and white-line attributes of a spectrum,
+:func:`spectrum_features` (:mod:`sim.spectrum_features`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+from sim.absorption import LICOO2_DENSITY_G_CM3, licoo2_mu_per_um
+from sim.spectrum_features import spectrum_features
 
 __all__ = [
     "CHARGED",
@@ -54,9 +60,6 @@ SEED_ENERGIES_EV: np.ndarray = np.round(
     1,
 )
 SEED_ENERGIES_EV.setflags(write=False)
-
-#: Density used for LiCoO2 (g/cm^3); the crystallographic value is about 5.05.
-LICOO2_DENSITY_G_CM3 = 5.0
 
 #: eV -> (1/angstrom)^2 for the photoelectron wavenumber, k^2 = ETOK * (E - e0).
 ETOK = 0.2625
@@ -344,80 +347,3 @@ def state_params(soc, *, reduction=0.0) -> dict[str, np.ndarray]:
         t = target[name]
         out[name] = v * (1.0 - red) + (t[:, None] if name == "post_coeffs" else t) * red
     return out
-
-
-def spectrum_features(energies_ev: np.ndarray, mu: np.ndarray) -> dict[str, np.ndarray]:
-    """Half-jump energy and white-line energy/height of normalised spectra.
-
-    The half-jump energy is the first crossing of 0.5 (linear interpolation); the white line is the
-    maximum refined by a parabola through its two neighbours. For ground truth, evaluate the model
-    on a fine grid (for example 0.05 eV steps) before calling this.
-
-    Parameters
-    ----------
-    energies_ev : ndarray, shape (n_energies,)
-    mu : ndarray, shape (n_energies,) or (n_energies, n)
-
-    Returns
-    -------
-    dict with ``e0_half``, ``white_line_energy``, ``white_line_height`` (floats or ``(n,)``).
-    """
-    e = np.asarray(energies_ev, dtype=np.float64)
-    m = np.asarray(mu, dtype=np.float64)
-    squeeze = m.ndim == 1
-    m = m.reshape(e.size, -1)
-    cols = np.arange(m.shape[1])
-    above = m >= 0.5
-    i = np.clip(np.argmax(above, axis=0), 1, e.size - 1)
-    m0, m1 = m[i - 1, cols], m[i, cols]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e_half = e[i - 1] + (0.5 - m0) * (e[i] - e[i - 1]) / (m1 - m0)
-    e_half = np.where(above.any(axis=0), e_half, np.nan)
-    j = np.clip(np.argmax(m, axis=0), 1, e.size - 2)
-    ym, y0, yp = m[j - 1, cols], m[j, cols], m[j + 1, cols]
-    denom = ym - 2.0 * y0 + yp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        off = np.where(denom < 0, 0.5 * (ym - yp) / denom, 0.0)
-    off = np.clip(off, -0.5, 0.5)
-    step = np.where(off >= 0, e[j + 1] - e[j], e[j] - e[j - 1])
-    wl_e = e[j] + off * step
-    wl_h = y0 - 0.25 * (ym - yp) * off
-    out = {"e0_half": e_half, "white_line_energy": wl_e, "white_line_height": wl_h}
-    return {k: (float(v[0]) if squeeze else v) for k, v in out.items()}
-
-
-@functools.lru_cache(maxsize=1)
-def _loglog_fits(density: float) -> tuple[np.ndarray, np.ndarray]:
-    import xraydb
-
-    below = np.linspace(7400.0, 7690.0, 30)
-    above = np.linspace(7760.0, 8200.0, 45)
-    fb = np.polyfit(np.log(below), np.log(xraydb.material_mu("LiCoO2", below, density=density)), 1)
-    fa = np.polyfit(np.log(above), np.log(xraydb.material_mu("LiCoO2", above, density=density)), 1)
-    return fb, fa
-
-
-def licoo2_mu_per_um(
-    energies_ev: np.ndarray, *, density: float = LICOO2_DENSITY_G_CM3
-) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth background and Co K edge jump of LiCoO2 attenuation, in 1/um.
-
-    Power laws fitted (log-log) to xraydb's ``material_mu`` below (7400-7690 eV) and above
-    (7760-8200 eV) the edge, extrapolated across it. The absorption of a pixel of thickness ``t``
-    (um) with normalised spectrum ``mu_n`` is then ``t * (background + jump * mu_n)``.
-
-    Returns
-    -------
-    background, jump : ndarray, shape like ``energies_ev`` (float64)
-
-    Examples
-    --------
-    >>> bg, jump = licoo2_mu_per_um(np.array([7700.0, 7750.0]))
-    >>> bool(0.015 < bg[0] < 0.02 and 0.08 < jump[1] < 0.1)
-    True
-    """
-    e = np.asarray(energies_ev, dtype=np.float64)
-    fb, fa = _loglog_fits(float(density))
-    background = np.exp(np.polyval(fb, np.log(e))) * 1e-4
-    above = np.exp(np.polyval(fa, np.log(e))) * 1e-4
-    return background, above - background
