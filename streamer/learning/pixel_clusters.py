@@ -9,12 +9,9 @@ campaign needs and k-means lacks:
   and clusters are never reordered: cluster ``i`` keeps meaning the same chemistry all campaign.
   The first field initialises ``n_clusters`` centres with a full k-means on a sample of it
   (ordered by size: cluster 0 is the first field's majority).
-* **New clusters.** Before learning a field, its pixels are compared with the existing centres:
-  a pixel is *far* when its distance to the nearest centre exceeds ``far_factor`` times that
-  cluster's running RMS radius (floored at the median radius). When the far pixels number at least
-  ``min_new_pixels`` (and ``min_new_fraction`` of the field) and form a compact group (their RMS
-  spread about their centre below half its distance to the nearest centre), a centre is added
-  there and reported (:class:`SpawnedCluster`); up to three per field.
+* **New clusters.** Before learning a field, its pixels are compared with the existing centres;
+  a compact group far from all of them gets a centre of its own, reported as a
+  :class:`SpawnedCluster` (rules in :mod:`streamer.learning.cluster_spawning`; re-exported here).
 * **Rebasing.** Coordinates are z-scores of a running scaler whose statistics move as the campaign
   grows; :meth:`OnlinePixelClusters.rebase` maps the centres into the new coordinates so that a
   centre keeps its meaning in attribute units.
@@ -44,33 +41,20 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.utils import check_random_state
 
+from streamer.learning.cluster_spawning import (
+    SpawnedCluster,
+    spawn_clusters,
+    squared_distances,
+)
+
 __all__ = ["OnlinePixelClusters", "SpawnedCluster"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SpawnedCluster:
-    """A centre added because a field held a compact group of pixels far from all centres."""
-
-    cluster_id: int
-    n_pixels: int
-    fraction: float
-    center: np.ndarray
-    nearest_cluster: int
-    distance: float
-    radius: float
-
-
-def _squared_distances(Z: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    d2 = (Z * Z).sum(1)[:, None] - 2.0 * Z @ centers.T + (centers * centers).sum(1)[None, :]
-    return np.maximum(d2, 0.0)
 
 
 class OnlinePixelClusters:
@@ -192,7 +176,7 @@ class OnlinePixelClusters:
                 return []
             self._initialise(Z)
         else:
-            spawned = self._spawn_new(Z)
+            spawned = spawn_clusters(self, Z)
         order = self._rng.permutation(Z.shape[0])
         for start in range(0, order.size, self.batch_size):
             batch = Z[order[start : start + self.batch_size]]
@@ -215,74 +199,8 @@ class OnlinePixelClusters:
         self.sq_sum_ = np.zeros(self.n_clusters)
         self.n_assigned_ = np.zeros(self.n_clusters)
 
-    def _spawn_new(self, Z: np.ndarray) -> list[SpawnedCluster]:
-        spawned: list[SpawnedCluster] = []
-        n = Z.shape[0]
-        floor = (
-            float(np.median(self.radii_[self.n_assigned_ > 0])) if self.n_assigned_.any() else 1.0
-        )
-        for _ in range(3):
-            labels, dist = self.predict(Z)
-            radius = np.maximum(self.radii_[labels], floor)
-            far = dist > self.far_factor * radius
-            n_far = int(far.sum())
-            if n_far < max(self.min_new_pixels, self.min_new_fraction * n):
-                break
-            F = Z[far]
-            n_groups = int(min(3, n_far // self.min_new_pixels))
-            km = KMeans(n_groups, n_init=3, random_state=self.seed).fit(F)
-            sizes = np.bincount(km.labels_, minlength=n_groups)
-            added = False
-            for g in np.argsort(-sizes, kind="stable"):
-                sub = F[km.labels_ == g]
-                if sub.shape[0] < self.min_new_pixels:
-                    continue
-                members = self._neighbourhood(F, sub, floor)
-                if members.shape[0] < self.min_new_pixels:
-                    continue
-                center = np.median(members, axis=0)
-                spread = float(np.sqrt(((members - center) ** 2).sum(1).mean()))
-                d_all = np.sqrt(_squared_distances(center[None], self.centers_))[0]
-                nearest = int(np.argmin(d_all))
-                distance = float(d_all[nearest])
-                if distance <= self.far_factor * max(self.radii_[nearest], floor):
-                    continue  # a tail of an existing cluster, not a new place
-                if spread >= 0.5 * distance:
-                    continue  # diffuse far pixels (noise), not a compact group
-                if self.centers_.shape[0] >= self.max_clusters:
-                    logger.warning(
-                        "a new pixel cluster was found but max_clusters=%d is reached",
-                        self.max_clusters,
-                    )
-                    return spawned
-                cid = self._add_center(center, members.shape[0], spread)
-                spawned.append(
-                    SpawnedCluster(
-                        cid,
-                        int(members.shape[0]),
-                        members.shape[0] / n,
-                        center.copy(),
-                        nearest,
-                        distance,
-                        spread,
-                    )
-                )
-                added = True
-                break  # recompute the far pixels with the new centre
-            if not added:
-                break
-        return spawned
-
-    def _neighbourhood(self, F: np.ndarray, sub: np.ndarray, floor: float) -> np.ndarray:
-        """Far pixels around a k-means piece ``sub`` of them, nearer to it than to any centre."""
-        center = np.median(sub, axis=0)
-        spread = float(np.sqrt(((sub - center) ** 2).sum(1).mean()))
-        reach = self.far_factor * max(spread, floor)
-        d_c = np.sqrt(((F - center) ** 2).sum(1))
-        d_existing = np.sqrt(_squared_distances(F, self.centers_).min(axis=1))
-        return F[(d_c <= reach) & (d_c < d_existing)]
-
-    def _add_center(self, center: np.ndarray, count: int, spread: float) -> int:
+    def add_center(self, center: np.ndarray, count: int, spread: float) -> int:
+        """Append a centre learned from ``count`` pixels of RMS ``spread``; return its id."""
         est = self._est
         centers = np.vstack([est.cluster_centers_, center[None]])
         counts = np.append(est._counts, float(count))
@@ -310,7 +228,7 @@ class OnlinePixelClusters:
         n_iter = 0
         while n_iter < max_iter:
             n_iter += 1
-            labels = np.argmin(_squared_distances(sample, centers), axis=1)
+            labels = np.argmin(squared_distances(sample, centers), axis=1)
             counts = np.bincount(labels, minlength=k)
             sums = np.zeros_like(centers)
             np.add.at(sums, labels, sample)
@@ -322,8 +240,8 @@ class OnlinePixelClusters:
             if shift < tol:
                 break
         self._est.cluster_centers_ = np.ascontiguousarray(centers)
-        labels = np.argmin(_squared_distances(sample, centers), axis=1)
-        d2 = _squared_distances(sample, centers)[np.arange(labels.size), labels]
+        labels = np.argmin(squared_distances(sample, centers), axis=1)
+        d2 = squared_distances(sample, centers)[np.arange(labels.size), labels]
         counts = np.bincount(labels, minlength=k)
         ms = np.bincount(labels, weights=d2, minlength=k) / np.maximum(counts, 1)
         has = counts > 0
@@ -352,7 +270,7 @@ class OnlinePixelClusters:
         labels = np.empty(Z.shape[0], dtype=np.int64)
         dist = np.empty(Z.shape[0])
         for start in range(0, Z.shape[0], 65536):
-            d2 = _squared_distances(Z[start : start + 65536], self.centers_)
+            d2 = squared_distances(Z[start : start + 65536], self.centers_)
             lab = np.argmin(d2, axis=1)
             labels[start : start + 65536] = lab
             dist[start : start + 65536] = np.sqrt(d2[np.arange(lab.size), lab])
