@@ -11,6 +11,9 @@ with the operators of an :class:`~streamer.attribute_plan.AttributePlan`:
    maximum and its neighbours, the half-jump crossing by counting points below half the jump,
    R^2 from a banded Savitzky-Golay residual;
 4. results are scattered back into the caller's arrays in the original pixel order.
+
+The pixels are a slice of the cube's columns or any ascending set of them (only the particles of
+a field, say): either way they are gathered straight from the cube into the scratch buffer.
 """
 
 from __future__ import annotations
@@ -83,24 +86,37 @@ def _r_squared(plan: AttributePlan, mu, lin, b) -> np.ndarray:
     return 1 - ss_res / ss_tot
 
 
-def _sorted_projection(plan: AttributePlan, src: np.ndarray, mu: np.ndarray):
-    """Copy ``src`` into ``mu`` grouped by larch's first edge estimate, and project it.
+def _columns(src: np.ndarray, pixels: slice | np.ndarray, rows: slice | None = None) -> np.ndarray:
+    """Rows ``rows`` (all when ``None``) of the columns ``pixels`` of ``src``."""
+    block = src if rows is None else src[rows]
+    return block[:, pixels]
 
-    Returns the stacked projection ``(n_rows, m)`` of the reordered pixels and the order
-    (``mu[:, j]`` is ``src[:, order[j]]``), or ``None`` for the order when there are no
-    derivative rows (then ``mu`` is a plain copy).
+
+def _sorted_projection(plan: AttributePlan, src: np.ndarray, pixels, mu: np.ndarray):
+    """Copy columns ``pixels`` of ``src`` into ``mu`` grouped by larch's first edge estimate, and
+    project them.
+
+    ``pixels`` is a slice or an ascending array of column indices. Returns the stacked projection
+    ``(n_rows, m)`` of the reordered pixels and their column indices in ``src`` (``mu[:, j]`` is
+    ``src[:, where[j]]``).
     """
+    where = (
+        np.arange(pixels.start, pixels.stop) if isinstance(pixels, slice) else np.asarray(pixels)
+    )
     if plan.deriv is None:
-        np.copyto(mu, src, casting="same_kind")
-        return plan.static_rows @ mu, None
+        np.take(src, where, axis=1, out=mu, mode="clip")
+        return plan.static_rows @ mu, where
     dr = plan.deriv_rows
-    raw = src[dr.start + 1 : dr.stop + 1] - src[dr.start - 1 : dr.stop - 1]
+    above = _columns(src, pixels, slice(dr.start + 1, dr.stop + 1))
+    raw = above - _columns(src, pixels, slice(dr.start - 1, dr.stop - 1))
     raw *= plan.deriv_inv_span
     first, _ = rows_argmax(raw)
     keys = first.astype(np.uint8) if raw.shape[0] < 256 else first
     order = np.argsort(keys, kind="stable")  # a radix sort for small integer keys
     counts = np.bincount(first, minlength=raw.shape[0])
-    np.take(src.astype(np.float32, copy=False), order, axis=1, out=mu, mode="clip")
+    where = where[order]
+    # one gather straight from the cube: no intermediate copy of the chunk
+    np.take(src, where, axis=1, out=mu, mode="clip")
     lin = None
     start = 0
     for k in np.flatnonzero(counts):
@@ -110,23 +126,29 @@ def _sorted_projection(plan: AttributePlan, src: np.ndarray, mu: np.ndarray):
             lin = np.empty((proj.shape[0], mu.shape[1]), dtype=np.float32)
         np.matmul(proj, mu[:, start:stop], out=lin[:, start:stop])
         start = stop
-    return lin, order
+    return lin, where
 
 
 def attributes_of_chunk(
-    plan: AttributePlan, src: np.ndarray, buf: np.ndarray, out: dict, sl: slice
+    plan: AttributePlan,
+    cube: np.ndarray,
+    pixels: slice | np.ndarray,
+    buf: np.ndarray,
+    out: dict,
 ) -> dict[str, int]:
-    """All attributes for the pixels ``sl`` (columns ``src`` of the cube), written into ``out``.
+    """All attributes for the pixel columns ``pixels`` of ``cube``, written into ``out``.
 
-    ``buf`` is this thread's scratch of shape ``(n_energies, >= m)`` float32 (``m`` columns in
-    ``src``); ``out`` maps names (and ``"_finite"``) to whole-field arrays. Returns
-    ``name -> count`` of finite pixels whose feature lies on the edge of its window.
+    ``cube`` is float32 ``(n_energies, n_pixels)``; ``pixels`` a slice or an ascending array of
+    column indices (``m`` of them); ``buf`` is this thread's scratch of shape
+    ``(n_energies, >= m)`` float32; ``out`` maps names (and ``"_finite"``) to whole-field
+    arrays. Returns ``name -> count`` of finite pixels whose feature lies on the edge of its
+    window.
     """
     with np.errstate(all="ignore"):
-        m = src.shape[1]
+        m = len(range(cube.shape[1])[pixels]) if isinstance(pixels, slice) else len(pixels)
         mu = buf[:, :m]
         cols = np.arange(m)
-        lin, order = _sorted_projection(plan, src, mu)
+        lin, where = _sorted_projection(plan, cube, pixels, mu)
         values = {}
         # the sum row weighs every energy: any NaN or inf in a spectrum makes it non-finite
         finite = np.isfinite(lin[plan.sum_row])
@@ -163,8 +185,5 @@ def attributes_of_chunk(
             for name, w in zip(plan.references.names, weights, strict=True):
                 values[f"frac_{name}"] = w
         for name, v in values.items():
-            if order is None:
-                out[name][sl] = v
-            else:
-                out[name][sl][order] = v
+            out[name][where] = v
         return {k: int(np.count_nonzero(v & finite)) for k, v in hits.items()}

@@ -130,6 +130,7 @@ def compute_attributes(
     n_threads: int = 2,
     chunk: int = DEFAULT_CHUNK,
     min_edge_jump: float = 1e-6,
+    pixels=None,
 ) -> AttributeResult:
     """Attributes of every pixel's spectrum; provisional while energies are missing.
 
@@ -155,6 +156,11 @@ def compute_attributes(
         Pixels per chunk.
     min_edge_jump : float
         Pixels with a smaller (or negative) edge jump are masked.
+    pixels : array_like of int, optional
+        Compute only these pixels (columns of ``mu``, for example the particles of a field and a
+        margin around them); the others are NaN and not in ``valid_pixels``. Each computed pixel
+        gets the value it would get in a computation of all pixels with the same ``e0_hint``
+        (without one, the edge energy is still estimated from all pixels).
 
     Returns
     -------
@@ -177,6 +183,12 @@ def compute_attributes(
         raise ValueError(f"mu must have shape ({e.size}, n_pixels), got {mu.shape}")
     if n_threads < 1 or chunk < 1:
         raise ValueError("n_threads and chunk must be positive")
+    if pixels is not None:
+        pixels = np.asarray(pixels, dtype=np.intp).ravel()
+        if pixels.size > 1 and not (pixels[1:] > pixels[:-1]).all():
+            pixels = np.unique(pixels)  # ascending, no repeats
+        if pixels.size and (pixels[0] < 0 or pixels[-1] >= mu.shape[1]):
+            raise ValueError(f"pixels must be column indices of mu (0..{mu.shape[1] - 1})")
     with _blas_single_thread():  # also while building plans: BLAS threads only add overhead here
         return _compute(
             e,
@@ -188,10 +200,11 @@ def compute_attributes(
             n_threads,
             chunk,
             min_edge_jump,
+            pixels,
         )
 
 
-def _compute(e, mu, e0_hint, references, windows, planned, n_threads, chunk, min_edge_jump):
+def _compute(e, mu, e0_hint, references, windows, planned, n_threads, chunk, min_edge_jump, pixels):
     n_pix = mu.shape[1]
     ref_names = tuple(references or ())
     names = ATTRIBUTE_NAMES + tuple(f"frac_{r}" for r in ref_names)
@@ -209,18 +222,29 @@ def _compute(e, mu, e0_hint, references, windows, planned, n_threads, chunk, min
         )
     plan = plan_attributes(e, e0_ev=float(e0), windows=windows, references=references)
     out["_finite"] = np.zeros(n_pix, dtype=bool)
-    if not np.issubdtype(mu.dtype, np.floating):
-        mu = mu.astype(np.float32)
-    bounds = [slice(s, min(s + chunk, n_pix)) for s in range(0, n_pix, chunk)]
+    n_sel = n_pix if pixels is None else pixels.size
+    bounds = [slice(s, min(s + chunk, n_sel)) for s in range(0, n_sel, chunk)]
     local = threading.local()
 
     def run(sl: slice) -> dict[str, int]:
-        # Each chunk is copied into this thread's contiguous buffer; the padding keeps its rows
+        # Each chunk is gathered into this thread's contiguous buffer; the padding keeps its rows
         # off power-of-two strides, which alias in the caches (a 2048 x 2048 cube has them).
         buf = getattr(local, "buf", None)
         if buf is None:
-            buf = local.buf = np.empty((e.size, min(chunk, n_pix) + _PAD), dtype=np.float32)
-        return attributes_of_chunk(plan, mu[:, sl], buf, out, sl)
+            buf = local.buf = np.empty((e.size, min(chunk, n_sel) + _PAD), dtype=np.float32)
+        columns = sl if pixels is None else pixels[sl]
+        if mu.dtype == np.float32:
+            return attributes_of_chunk(plan, mu, columns, buf, out)
+        # other dtypes: convert this chunk only, compute it, and scatter its results
+        src = np.ascontiguousarray(mu[:, columns], dtype=np.float32)
+        part = {
+            name: np.full(src.shape[1], v.dtype.type(0) if v.dtype == bool else np.nan, v.dtype)
+            for name, v in out.items()
+        }
+        counts = attributes_of_chunk(plan, src, slice(0, src.shape[1]), buf, part)
+        for name, v in part.items():
+            out[name][columns] = v
+        return counts
 
     workers = min(n_threads, len(bounds))
     if workers > 1:

@@ -35,6 +35,7 @@ __all__ = [
     "estimate_noise_sigma",
     "odd_value_mask",
     "thickness_mask",
+    "thickness_threshold",
 ]
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def thickness_mask(
         stay out of the mask when most of their neighbours are ``NaN``.
     threshold : float, optional
         Edge-jump level (of the filtered image); chosen by :func:`edge_jump_threshold` on the
-        filtered image when omitted.
+        filtered image when omitted (see :func:`thickness_threshold`).
     method, n_sigma
         Passed to :func:`edge_jump_threshold` when ``threshold`` is omitted.
     median_size_px : int
@@ -209,6 +210,47 @@ def thickness_mask(
     ndarray of bool, shape (ny, nx)
         Empty (with a warning) when the image has no contrast to threshold automatically.
     """
+    image, threshold = _filtered_and_threshold(
+        edge_jump_image, threshold, method, n_sigma, median_size_px
+    )
+    if threshold is None:
+        return np.zeros(image.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        mask = image > threshold
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    return mask
+
+
+def thickness_threshold(
+    edge_jump_image: np.ndarray,
+    *,
+    method: str = "noise",
+    n_sigma: float = 3.0,
+    median_size_px: int = 3,
+) -> float | None:
+    """The automatic threshold :func:`thickness_mask` would apply (to the filtered image).
+
+    Passing it back as ``thickness_mask(..., threshold=...)`` gives the same mask; keeping it
+    lets a later, better estimate of the same edge jump be compared with the mask it gave.
+    ``None`` when the image has no contrast to threshold.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> image = rng.normal(0.0, 0.01, (64, 64))
+    >>> image[20:40, 10:30] += 0.4
+    >>> t = thickness_threshold(image)
+    >>> bool((thickness_mask(image, threshold=t) == thickness_mask(image)).all())
+    True
+    """
+    return _filtered_and_threshold(edge_jump_image, None, method, n_sigma, median_size_px)[1]
+
+
+def _filtered_and_threshold(
+    edge_jump_image, threshold, method, n_sigma, median_size_px
+) -> tuple[np.ndarray, float | None]:
+    """The median-filtered image and its threshold (given, automatic, or ``None``)."""
     image = require_image_2d(edge_jump_image, name="edge_jump_image").astype(np.float64)
     finite = np.isfinite(image)
     values = image[finite]
@@ -218,7 +260,7 @@ def thickness_mask(
             "is empty",
             values.size,
         )
-        return np.zeros(image.shape, dtype=bool)
+        return image, None
     noise_sigma = None
     if threshold is None and method == "noise":
         try:
@@ -236,11 +278,7 @@ def thickness_mask(
         threshold = edge_jump_threshold(
             image, method=method, n_sigma=n_sigma, noise_sigma=noise_sigma
         )
-    with np.errstate(invalid="ignore"):
-        mask = image > threshold
-    if fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
-    return mask
+    return image, float(threshold)
 
 
 def odd_value_mask(

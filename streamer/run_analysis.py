@@ -27,12 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamer.attributes import compute_attributes
 from streamer.cube import FrameShapeError, SpectralCube
+from streamer.field_evaluation import FieldEvaluator
 from streamer.normalize import estimate_e0
-from streamer.particles import odd_value_mask, particle_table, segment_particles
 from streamer.provisional import attribute_requirements, attribute_validity
-from streamer.tracking import match_labels
 
 if TYPE_CHECKING:
     from streamer.session import AnalysisSession
@@ -79,6 +77,12 @@ class DecisionPolicy:
         Evaluate before the end of the scan at all. ``False`` (mining a campaign from the
         archive with a new model, where only the final decisions matter) evaluates each run
         once, on its complete spectra.
+    decisive
+        Attributes that must be valid for an evaluation to be decided on.
+    reuse_segmentation
+        Provisional evaluations reuse the previous evaluation's particles and compute attributes
+        on them only (:class:`~streamer.field_evaluation.FieldEvaluator`); the final one always
+        segments the complete scan.
     """
 
     e0_hint_ev: float | None = None
@@ -86,6 +90,7 @@ class DecisionPolicy:
     max_backlog: float = 0.5
     provisional: bool = True
     decisive: tuple[str, ...] = ("e0_half", "white_line_energy", "white_line_height")
+    reuse_segmentation: bool = True
 
 
 @dataclass
@@ -217,7 +222,7 @@ class RunAnalysis:
         self.finished = False
         self.last: Evaluation | None = None
         self._next_eval_at: int | None = None
-        self._labels: np.ndarray | None = None
+        self.field: FieldEvaluator | None = None
 
     # -- the live decider's state, for callers that look at a run's alerts ---------------------
     def __getattr__(self, name: str) -> Any:
@@ -303,55 +308,60 @@ class RunAnalysis:
             self._next_eval_at = n_ready + 1
             return
         self._next_eval_at = n_ready + self.policy.every
-        self.evaluate(final=False)
+        self.evaluate(final=False, e0_ev=e0)
 
-    def snapshot(self, *, final: bool, aborted: bool = False) -> EvaluationSnapshot | None:
-        """Attributes and particles on the energies normalised so far (no campaign involved)."""
+    def snapshot(
+        self, *, final: bool, aborted: bool = False, e0_ev: float | None = None
+    ) -> EvaluationSnapshot | None:
+        """Attributes and particles on the energies normalised so far (no campaign involved).
+
+        ``e0_ev`` is the field's edge energy when the caller already estimated it on the same
+        spectra (default: the policy's hint, else estimated from the mean spectrum).
+        """
         energies, od = self.ready_spectra()
         if energies.size < 8 or self.cube.frame_shape_ is None:
             return None
-        result = compute_attributes(
+        shape = tuple(self.cube.frame_shape_)
+        if self.field is None or self.field.shape != shape:
+            self.field = FieldEvaluator(
+                shape,
+                decisive=self.policy.decisive,
+                planned_energies_ev=self.info.planned_energies_ev,
+                n_threads=self.attribute_threads,
+                reuse_segmentation=self.policy.reuse_segmentation,
+            )
+        cube_valid = None if self.cube.valid_ is None else self.cube.valid_.ravel()
+        result = self.field.evaluate(
             energies,
             od,
-            e0_hint=self.policy.e0_hint_ev,
-            planned_energies_ev=self.info.planned_energies_ev,
-            n_threads=self.attribute_threads,
+            e0_ev=self.policy.e0_hint_ev if e0_ev is None else e0_ev,
+            final=final,
+            pixel_valid=cube_valid,
         )
-        if not all(result.valid.get(k, False) for k in self.policy.decisive):
+        if result is None:
             if final:
                 self.note_problem(
                     f"incomplete spectra: only {energies.size} energies up to {energies[-1]:.1f} "
                     "eV were normalised, too few for edge and white-line attributes"
                 )
             return None
-        shape = tuple(self.cube.frame_shape_)
-        maps = {k: v.reshape(shape) for k, v in result.values.items()}
-        valid = np.asarray(result.valid_pixels).reshape(shape)
-        if self.cube.valid_ is not None:
-            valid = valid & self.cube.valid_.reshape(shape)
-        # masked pixels hold no usable absorber: background for the segmentation
-        labels = segment_particles(np.where(valid, maps["edge_jump"], 0.0))
-        if self._labels is not None:
-            labels = match_labels(self._labels, labels)
-        self._labels = labels
-        odd = odd_value_mask(
-            maps, energy_range_ev=(float(energies[0]), float(energies[-1])), within=labels > 0
-        )
         return EvaluationSnapshot(
             energy_index=self._energy_index(energies),
             final=final,
             aborted=aborted,
             shape=shape,
             energies_ev=np.asarray(energies),
-            table=particle_table(labels, maps, unusual=odd),
-            attributes=result.values,
-            valid_pixels=valid.ravel(),
-            labels=labels,
+            table=result.table,
+            attributes=result.attributes,
+            valid_pixels=result.valid_pixels,
+            labels=result.labels,
         )
 
-    def evaluate(self, *, final: bool, aborted: bool = False) -> Evaluation | None:
+    def evaluate(
+        self, *, final: bool, aborted: bool = False, e0_ev: float | None = None
+    ) -> Evaluation | None:
         """Evaluate on the energies normalised so far and hand the snapshot to the decider."""
-        snap = self.snapshot(final=final, aborted=aborted)
+        snap = self.snapshot(final=final, aborted=aborted, e0_ev=e0_ev)
         if snap is None:
             return None
         ev = self.decider("evaluation", snap)

@@ -1,0 +1,228 @@
+"""What one evaluation of a field of view computes, and what it reuses from the previous one.
+
+A run is evaluated several times while its scan goes on (:mod:`streamer.run_analysis`). Each
+evaluation needs per-pixel attributes, a particle label map and the particle table; of these, only
+the attributes change meaningfully from one evaluation to the next. The particles are the same
+absorber: a later, better estimate of the edge jump moves their outlines by a pixel here and there
+(about 1 % of their area between the provisional post-edge and the complete scan on the
+simulator), so :class:`FieldEvaluator` segments once and reuses the label map:
+
+- a **full** evaluation computes the attributes of every pixel and segments the edge jump
+  (:func:`~streamer.particles.segment_particles`, ids kept stable by
+  :func:`~streamer.tracking.match_labels`). The first evaluation of a run is one, even when the
+  decisive attributes are not valid yet (the post-edge window is still short): its segmentation
+  is then kept for the next evaluation, and nothing is decided on it. The final evaluation is
+  always a full one (the campaign learns from all pixels of the complete scan).
+- a **reusing** evaluation computes the attributes of the particle pixels and a margin around
+  them only (a column gather of the cube), and keeps the label map, unless the edge-jump mask
+  has changed meaningfully: the new edge jump, thresholded at the segmentation's threshold
+  (scaled by how much the particles' median edge jump changed), must agree with the label map
+  on all but ``max_mask_change`` of the particle area within the margin. Otherwise the
+  evaluation falls back to a full one.
+
+Per-pixel maps of a reusing evaluation are NaN (and not valid) outside the particles and their
+margin; the particle table is the same as a full evaluation on the same label map would give.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from streamer.attributes import AttributeResult, compute_attributes
+from streamer.masks import thickness_threshold
+from streamer.particles import odd_value_mask, particle_table, segment_particles
+from streamer.tracking import match_labels
+
+__all__ = ["FieldEvaluation", "FieldEvaluator"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FieldEvaluation:
+    """The result of one evaluation of a field of view (see :meth:`FieldEvaluator.evaluate`)."""
+
+    #: Per-pixel attributes, ``name -> (n_pixels,)`` float32 (NaN where not computed or masked).
+    attributes: dict[str, np.ndarray]
+    #: Pixels with usable attributes, ``(n_pixels,)`` bool.
+    valid_pixels: np.ndarray
+    #: Particle label map, ``(ny, nx)`` int32.
+    labels: np.ndarray
+    #: The particle table (:func:`streamer.particles.particle_table`).
+    table: list[dict]
+    #: Whether the label map was reused from the previous evaluation.
+    reused_labels: bool
+
+
+class FieldEvaluator:
+    """Evaluations of one field of view, reusing its particle segmentation between them.
+
+    Parameters
+    ----------
+    shape
+        Frame shape ``(ny, nx)``.
+    decisive
+        Attributes that must be valid for an evaluation to count (else it returns ``None``).
+    planned_energies_ev
+        The run's planned grid (see :func:`~streamer.attributes.compute_attributes`).
+    n_threads
+        Threads of :func:`~streamer.attributes.compute_attributes`.
+    reuse_segmentation
+        Reuse the label map between provisional evaluations; ``False`` segments every time.
+    margin_px
+        Width of the margin around the particles whose attributes are computed when reusing.
+    max_mask_change
+        Largest disagreement, as a fraction of the particle area, between the label map and the
+        re-thresholded edge jump for the label map to be reused (1-2 % on the simulator's runs
+        between the provisional and the complete edge jump; 8 % for a 3-pixel shift).
+
+    Attributes
+    ----------
+    labels_ : ndarray of int32 or None
+        The current label map.
+    n_full_, n_reused_ : int
+        Evaluations of each kind so far (the full ones include those with no decisive result).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        *,
+        decisive: tuple[str, ...],
+        planned_energies_ev=None,
+        n_threads: int = 2,
+        reuse_segmentation: bool = True,
+        margin_px: int = 3,
+        max_mask_change: float = 0.05,
+    ) -> None:
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.decisive = tuple(decisive)
+        self.planned_energies_ev = planned_energies_ev
+        self.n_threads = n_threads
+        self.reuse_segmentation = reuse_segmentation
+        self.margin_px = int(margin_px)
+        self.max_mask_change = float(max_mask_change)
+        self.labels_: np.ndarray | None = None
+        self.n_full_ = 0
+        self.n_reused_ = 0
+        self._threshold: float | None = None
+        self._segmented_edge_jump: np.ndarray | None = None  # (n_pixels,) the labels came from
+        self._support: np.ndarray | None = None  # pixel indices: particles and their margin
+
+    def evaluate(
+        self,
+        energies_ev: np.ndarray,
+        od: np.ndarray,
+        *,
+        e0_ev: float | None,
+        final: bool,
+        pixel_valid: np.ndarray | None = None,
+    ) -> FieldEvaluation | None:
+        """Attributes, particles and table on the energies given; ``None`` when not decisive.
+
+        Parameters
+        ----------
+        energies_ev, od
+            Energies normalised so far (ascending) and their OD rows ``(n_energies, n_pixels)``.
+        e0_ev
+            Nominal edge energy; estimated from the mean spectrum when ``None``.
+        final
+            The scan is complete: always a full evaluation.
+        pixel_valid
+            Pixels the cube can use at all (``(n_pixels,)`` bool), or ``None``.
+        """
+        if not final and self.reuse_segmentation and self._support is not None:
+            reused = self._reusing(energies_ev, od, e0_ev, pixel_valid)
+            if reused is not None:
+                self.n_reused_ += 1
+                return reused
+        return self._full(energies_ev, od, e0_ev, pixel_valid)
+
+    # -- the two kinds of evaluation ------------------------------------------------------------
+    def _attributes(self, energies_ev, od, e0_ev, pixels=None) -> AttributeResult:
+        return compute_attributes(
+            energies_ev,
+            od,
+            e0_hint=e0_ev,
+            planned_energies_ev=self.planned_energies_ev,
+            n_threads=self.n_threads,
+            pixels=pixels,
+        )
+
+    def _decisive(self, result: AttributeResult) -> bool:
+        return all(result.valid.get(k, False) for k in self.decisive)
+
+    def _valid(self, result: AttributeResult, pixel_valid) -> np.ndarray:
+        valid = np.asarray(result.valid_pixels)
+        return valid & pixel_valid if pixel_valid is not None else valid
+
+    def _full(self, energies_ev, od, e0_ev, pixel_valid) -> FieldEvaluation | None:
+        result = self._attributes(energies_ev, od, e0_ev)
+        self.n_full_ += 1
+        valid = self._valid(result, pixel_valid)
+        # masked pixels hold no usable absorber: background for the segmentation
+        edge_jump = np.where(valid, result.values["edge_jump"], 0.0).astype(np.float32)
+        image = edge_jump.reshape(self.shape)
+        threshold = thickness_threshold(image)
+        labels = segment_particles(image, threshold=threshold)
+        if self.labels_ is not None:
+            labels = match_labels(self.labels_, labels)
+        self.labels_ = labels
+        self._threshold = threshold
+        self._segmented_edge_jump = edge_jump
+        particles = labels > 0
+        if self.margin_px > 0:
+            particles = ndimage.binary_dilation(particles, iterations=self.margin_px)
+        self._support = np.flatnonzero(particles.ravel())
+        if not self._decisive(result):
+            return None
+        return self._finish(energies_ev, result, valid, labels, reused=False)
+
+    def _reusing(self, energies_ev, od, e0_ev, pixel_valid) -> FieldEvaluation | None:
+        result = self._attributes(energies_ev, od, e0_ev, pixels=self._support)
+        if not self._decisive(result):
+            return None  # not valid yet: a full evaluation refreshes the segmentation
+        valid = self._valid(result, pixel_valid)
+        change = self._mask_change(np.where(valid, result.values["edge_jump"], 0.0))
+        if change > self.max_mask_change:
+            log.info(
+                "the edge-jump mask changed by %.1f %% of the particle area: segmenting again",
+                100 * change,
+            )
+            return None
+        return self._finish(energies_ev, result, valid, self.labels_, reused=True)
+
+    def _mask_change(self, edge_jump: np.ndarray) -> float:
+        """Disagreement of the thresholded new edge jump with the label map, within the support
+        (a fraction of the particle area)."""
+        support = self._support
+        inside = self.labels_.ravel()[support] > 0
+        n_inside = int(np.count_nonzero(inside))
+        if self._threshold is None or n_inside == 0:
+            return 0.0
+        new = edge_jump[support]
+        old = self._segmented_edge_jump[support]
+        ref = float(np.median(old[inside]))
+        scale = float(np.median(new[inside])) / ref if ref > 0 else 1.0
+        with np.errstate(invalid="ignore"):
+            above = new > scale * self._threshold
+        return int(np.count_nonzero(above != inside)) / n_inside
+
+    def _finish(self, energies_ev, result, valid, labels, *, reused: bool) -> FieldEvaluation:
+        maps = {k: v.reshape(self.shape) for k, v in result.values.items()}
+        odd = odd_value_mask(
+            maps,
+            energy_range_ev=(float(energies_ev[0]), float(energies_ev[-1])),
+            within=labels > 0,
+        )
+        return FieldEvaluation(
+            attributes=result.values,
+            valid_pixels=valid,
+            labels=labels,
+            table=particle_table(labels, maps, unusual=odd),
+            reused_labels=reused,
+        )
