@@ -30,14 +30,17 @@ What the service does (:class:`LiveService`):
   it is logged at INFO (median and max), written to ``OUT/serve-status.json`` with the counters, and
   when the max exceeds ``lag_warning`` a warning is logged and a ``data_quality`` alert
   (``subject="service_lag"``) fires; it is resolved after a whole interval below the threshold.
-- Resume: alerts go through a :class:`streamer.alert_journal.JournaledSink`
-  (``OUT/journal/alerts-journal.jsonl``), so a restarted service publishes no alert state twice; the
-  campaign model resumes from ``--checkpoint`` (saved after every finished run). With ``--catalog``,
-  the runs started since the campaign's first ``serve`` that are not journaled as finished are
-  analysed from the catalog *before* live documents (their live documents, if any, are then
-  skipped); a run still in progress there is analysed as soon as its stop document is archived.
-  Catch-up alerts carry ``mode: live``: they are about the live campaign, and the same
-  fingerprints as the live alerts of the same run, so the journal can deduplicate them.
+- Resume: alerts go through a :class:`streamer.journaled_sink.JournaledSink`
+  (``OUT/journal/alerts-journal.jsonl``), so a restarted service publishes no alert state twice;
+  the alerts the previous lifetime left firing are adopted by the new publisher
+  (:meth:`streamer.alerts.AlertPublisher.adopt`: held as firing, in its snapshot, not re-sent), so
+  their confirmations and resolutions go out as such. The campaign model resumes from
+  ``--checkpoint`` (saved after every finished run). With ``--catalog``, the runs started since the
+  campaign's first ``serve`` that are not journaled as finished are analysed from the catalog
+  *before* live documents (their live documents, if any, are then skipped); a run still in progress
+  there is analysed as soon as its stop document is archived. Catch-up alerts carry ``mode: live``:
+  they are about the live campaign, and the same fingerprints as the live alerts of the same run,
+  so the journal can deduplicate them.
 - SIGINT or SIGTERM: stop receiving, analyse what was received, save the checkpoint, close the
   journal and the publisher; exit status 0.
 """
@@ -124,8 +127,8 @@ class LiveService:
         journal_fsync: str = "line",
     ) -> None:
         from callbacks.analyzer import XanesAnalyzer
-        from streamer.alert_journal import JournaledSink
         from streamer.alerts import AlertPublisher
+        from streamer.journaled_sink import JournaledSink
 
         self.address = parse_source(source)
         self.out = Path(out_dir)
@@ -136,9 +139,7 @@ class LiveService:
         self.status_interval = float(status_interval)
         self.stop_requested = threading.Event()
         self.state = "starting"
-        self.publisher = AlertPublisher(
-            endpoint, log_path=self.out / "alerts.jsonl", wait_for_subscribers=wait_for_subscribers
-        )
+        self.publisher = AlertPublisher(endpoint, log_path=self.out / "alerts.jsonl")
         self.sink = JournaledSink(
             self.publisher,
             self.out / JOURNAL_FILE,
@@ -146,6 +147,12 @@ class LiveService:
             delivery_log=self.out / "alerts.jsonl",
         )
         self.journal = self.sink.journal
+        self._lag_alert: str | None = None
+        self.adopt_inherited_alerts()  # before any subscriber can ask for a snapshot
+        if wait_for_subscribers > 0 and not self.publisher.wait_for_subscribers(
+            wait_for_subscribers
+        ):
+            log.info("no alert subscriber within %.3g s; analysing anyway", wait_for_subscribers)
         self.journal.record_start(source=source, endpoint=self.publisher.endpoint)
         if self.checkpoint.exists():
             log.info("resuming the campaign model from %s", self.checkpoint)
@@ -157,9 +164,24 @@ class LiveService:
         self.caught_up: set[str] = set()  # analysed from the catalog: skip their live documents
         self.deferred: set[str] = set()  # in the catalog, not finished yet
         self._skipped_descriptors: set[str] = set()
-        self._lag_alert: str | None = None
         self._calm_intervals = 0
         self.last_status: dict[str, Any] = {}
+
+    def adopt_inherited_alerts(self) -> list[dict[str, Any]]:
+        """Hand the new publisher the alerts the previous lifetime left firing (none re-sent).
+
+        A lag alert among them is this service's again: resolved when the lag is back to normal.
+        """
+        adopted = self.sink.adopt_inherited()
+        for alert in adopted:
+            if alert["kind"] == "data_quality" and alert.get("subject") == LAG_SUBJECT:
+                self._lag_alert = alert["fingerprint"]
+        if adopted:
+            log.info(
+                "restart: %d alerts left firing by the previous lifetime are held, not re-sent",
+                len(adopted),
+            )
+        return adopted
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> int:

@@ -6,24 +6,12 @@ import signal
 
 import pytest
 
-from callbacks.serve import LAG_SUBJECT, LagMonitor, LiveService, event_times, parse_source
+from callbacks.serve import LAG_SUBJECT, LagMonitor, event_times, parse_source
+from streamer.alerts import make_alert, read_alert_log
 from streamer.cli import build_parser
-from tests.callbacks.test_serve_support import (
-    Campaign,
-    Collector,
-    Processes,
-    state_key,
-    wait_for,
-)
+from tests.callbacks.serve_support import Campaign, Collector, state_key, wait_for
 
 N_ENERGIES = 53  # the RunEngine script's grid: every other energy of the seed study
-
-
-@pytest.fixture
-def procs(tmp_path):
-    processes = Processes(tmp_path)
-    yield processes
-    processes.close()
 
 
 def test_parse_source_accepts_zmq_and_refuses_the_rest():
@@ -41,27 +29,52 @@ def test_lag_is_receipt_minus_event_time():
     assert lag.take() == {"n_events": 3, "median_s": 2.0, "max_s": 3.0}
 
 
-def test_lag_above_the_threshold_fires_a_data_quality_alert_then_resolves(tmp_path):
-    service = LiveService(
-        source="zmq://127.0.0.1:9",  # never started: no documents needed here
-        out_dir=tmp_path,
-        endpoint="tcp://127.0.0.1:*",
-        lag_warning=5.0,
-    )
-    try:
-        service.lag.observe(100.0, 112.5)
-        service.report_status()
-        (alert,) = service.publisher.firing
-        assert alert["kind"] == "data_quality" and alert["subject"] == LAG_SUBJECT
-        assert alert["extra"]["lag"]["max_s"] == 12.5 and alert["mode"] == "live"
-        service.lag.observe(200.0, 200.1)
-        service.report_status()
-        assert service.publisher.firing == []
-        assert service.last_status["lag"]["max_s"] == 0.1
-    finally:
-        assert service.shutdown() == 0
+def test_lag_above_the_threshold_fires_a_data_quality_alert_then_resolves(
+    tmp_path, offline_service
+):
+    service = offline_service(lag_warning=5.0)
+    service.lag.observe(100.0, 112.5)
+    service.report_status()
+    (alert,) = service.publisher.firing
+    assert alert["kind"] == "data_quality" and alert["subject"] == LAG_SUBJECT
+    assert alert["extra"]["lag"]["max_s"] == 12.5 and alert["mode"] == "live"
+    service.lag.observe(200.0, 200.1)
+    service.report_status()
+    assert service.publisher.firing == []
+    assert service.last_status["lag"]["max_s"] == 0.1
+    assert service.shutdown() == 0
     assert (tmp_path / "serve-status.json").exists()
     assert (tmp_path / "campaign-checkpoint.npz").exists()
+
+
+def test_a_restarted_service_adopts_what_was_left_firing_and_resolves_it(tmp_path, offline_service):
+    first = offline_service()
+    first.lag.observe(100.0, 112.5)
+    first.report_status()  # the lag alert fires
+    particle = make_alert(
+        "anomalous_particle",
+        run_uid="r1",
+        particle={"id": 3},
+        mode="live",
+        severity="warning",
+        provisional=True,
+        energy_index=10,
+        n_energies=53,
+    )
+    left_firing = {a["fingerprint"] for a in [first.sink(particle), *first.publisher.firing]}
+    first.shutdown()  # on disk as after a kill: journal and log are written line by line
+
+    second = offline_service()
+    assert {a["fingerprint"] for a in second.publisher.firing} == left_firing
+    assert second.sink.stats["adopted"] == 2 and second.publisher.stats["seq"] == 0
+    assert second.sink(particle) is None  # the re-analysis re-states it: suppressed
+    second.report_status()  # no events in the interval: the lag is back to normal
+    resolved = second.sink({**particle, "status": "resolved", "severity": "info"})
+    assert second.publisher.firing == [] and second.sink.stats["restored"] == 0
+    second.shutdown()
+    sent = list(read_alert_log(tmp_path / "alerts.jsonl"))
+    assert len({state_key(a) for a in sent}) == len(sent) == 4  # two fired, two resolved: once
+    assert resolved["revision"] == 1 and resolved["epoch"] == second.publisher.epoch
 
 
 def test_help_documents_the_runengine_side():

@@ -9,7 +9,6 @@ import pytest
 
 import streamer.catalog
 import streamer.replay_source
-from callbacks.serve import LiveService
 from callbacks.serve_catchup import CatalogCatchUp
 from streamer.alert_journal import AlertJournal
 from streamer.catalog import RunSummary
@@ -92,10 +91,8 @@ def test_a_stop_request_interrupts_the_catch_up(service):
     assert service.analyzer.docs == [] and service.caught_up == set()
 
 
-def test_live_documents_of_a_caught_up_run_are_skipped(tmp_path):
-    service = LiveService(
-        source="zmq://127.0.0.1:9", out_dir=tmp_path, endpoint="tcp://127.0.0.1:*"
-    )
+def test_live_documents_of_a_caught_up_run_are_skipped(offline_service):
+    service = offline_service()
     seen = []
     real = service.analyzer
     service.analyzer = lambda name, doc: seen.append((name, doc.get("uid")))
@@ -109,5 +106,4 @@ def test_live_documents_of_a_caught_up_run_are_skipped(tmp_path):
         service.handle("start", {"uid": "r2"})  # deferred, but here live from its start: live
         assert seen == [("start", "r2")] and service.deferred == set()
     finally:
-        service.analyzer = real
-        service.shutdown()
+        service.analyzer = real  # the fixture shuts the service down with its real analyzer

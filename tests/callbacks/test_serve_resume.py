@@ -4,7 +4,9 @@ Real processes on 127.0.0.1: the bluesky 0MQ proxy, the RunEngine script (a 3-fi
 two planted anomalies, published through the proxy and archived into a catalog), the service
 (twice), and an alert subscriber in the test process that lives across both service lifetimes.
 The RunEngine pauses at file gates the test opens, so the kill lands in the middle of run 2 and
-the restart happens before run 3; no fixed sleep anywhere.
+the restart happens before run 3; no fixed sleep anywhere. The alerts left firing at the kill are
+adopted by the restarted service's publisher: never sent again, and their confirmations and
+resolutions still go out.
 """
 
 from __future__ import annotations
@@ -13,23 +15,10 @@ import json
 import signal
 from collections import Counter
 
-import pytest
-
 from streamer.alert_journal import AlertJournal
-from tests.callbacks.test_serve_support import (
-    Campaign,
-    Collector,
-    Processes,
-    state_key,
-    wait_for,
-)
-
-
-@pytest.fixture
-def procs(tmp_path):
-    processes = Processes(tmp_path)
-    yield processes
-    processes.close()
+from streamer.alert_journal import left_firing as left_firing_by
+from streamer.alerts import read_alert_log
+from tests.callbacks.serve_support import Campaign, Collector, state_key, wait_for
 
 
 def test_kill_and_restart_loses_and_repeats_nothing(tmp_path, procs):
@@ -80,15 +69,22 @@ def test_kill_and_restart_loses_and_repeats_nothing(tmp_path, procs):
     assert campaign.service.wait(60) == 0, procs.log("serve2")
 
     received = alerts.alerts
-    restored = [a for a in received if (a["extra"] or {}).get("restored_after_restart")]
-    twice = [
-        k for k, n in Counter(state_key(a) for a in received if a not in restored).items() if n > 1
-    ]
-    assert not twice, f"received twice: {twice}"
-    for alert in restored:  # re-announced only to be resolved (see JournaledSink)
-        assert any(
-            a["fingerprint"] == alert["fingerprint"] and a["status"] == "resolved" for a in received
-        )
+    # What was published: the service's log over both lifetimes, and the subscriber's alerts
+    # with a snapshot's copy of an alert it had already received (same epoch and seq) counted once.
+    published = list(read_alert_log(campaign.out / "alerts.jsonl"))
+    on_the_wire = list({(a["epoch"], a["seq"]): a for a in received}.values())
+    for alerts_seen in (published, on_the_wire):
+        twice = [k for k, n in Counter(map(state_key, alerts_seen)).items() if n > 1]
+        assert not twice, f"published twice: {twice}"
+        assert not [a for a in alerts_seen if (a["extra"] or {}).get("restored_after_restart")]
+    first_epoch = published[0]["epoch"]
+    left_firing = left_firing_by(a for a in published if a["epoch"] == first_epoch)
+    assert left_firing, "nothing was firing at the kill: the test does not test adoption"
+    after_restart = [a for a in published if a["epoch"] != first_epoch]
+    for fingerprint in left_firing:  # adopted: confirmed or resolved in the new epoch, not re-sent
+        follow_up = [a for a in after_restart if a["fingerprint"] == fingerprint]
+        assert all(a["revision"] > left_firing[fingerprint]["revision"] for a in follow_up)
+    assert any(a["fingerprint"] in left_firing for a in after_restart), "no follow-up went out"
     summaries = Counter(a["scan_id"] for a in received if a["kind"] == "scan_summary")
     assert summaries == {1: 1, 2: 1, 3: 1}
     for scan_id in (2, 3):
@@ -105,6 +101,7 @@ def test_kill_and_restart_loses_and_repeats_nothing(tmp_path, procs):
     assert status["caught_up_runs"] == [uids[1]]
     scan2_before = [a for a in before_kill if a["scan_id"] == 2]
     assert status["alerts"]["suppressed"] >= len(scan2_before) > 0
+    assert status["alerts"]["adopted"] == len(left_firing) and status["alerts"]["restored"] == 0
     journal = AlertJournal(campaign.out / "journal" / "alerts-journal.jsonl")
     assert set(uids) <= journal.completed_runs_
     journal.close()

@@ -1,8 +1,8 @@
 """Helpers for the ``txm-streamer serve`` tests: real processes on 127.0.0.1, free ports.
 
-Not a test module: it holds the RunEngine script the tests write into their tmp dir (a simulated
-survey published through the 0MQ proxy with :func:`streamer.wire.dumps`, optionally archived,
-with file gates the test opens), and small process and subscriber helpers.
+Not a test module (fixtures in ``conftest.py``): it holds the RunEngine script the tests write into
+their tmp dir (a simulated survey published through the 0MQ proxy with :func:`streamer.wire.dumps`,
+optionally archived, with file gates the test opens), and small process and subscriber helpers.
 """
 
 from __future__ import annotations
