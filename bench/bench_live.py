@@ -36,7 +36,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ("alone", "thread", "remote")
+CONFIGS = ("alone", "thread", "process", "remote")
 
 
 # -- msgpack documents (no pickle on the wire) -----------------------------------------------
@@ -75,14 +75,17 @@ def _decode(obj: dict) -> Any:
 
 
 # -- the analyzer in another process ----------------------------------------------------------
-def remote_analyzer_main() -> None:
+def remote_analyzer_main(nice: int = 0) -> None:
     """Child process: a 0MQ proxy, a ``RemoteDispatcher`` and a ``XanesAnalyzer``.
 
     Protocol on stdout, one JSON line each: ``{"addresses": [in, out]}`` once the proxy is bound,
     ``{"ready": true}`` at the first ping (a ``start`` document with ``bench_control="ping"``),
     ``{"flushed": stats, "flagged": {run uid: particle ids}}`` after each ``stop`` with
     ``bench_control="flush"``; a ``stop`` with ``bench_control="exit"`` ends the process.
+    ``nice`` lowers the whole process's priority (proxy included, unlike a facility's proxy).
     """
+    if nice > 0:
+        os.nice(nice)
     import asyncio
 
     from bluesky.callbacks.zmq import Proxy, RemoteDispatcher
@@ -107,8 +110,9 @@ def remote_analyzer_main() -> None:
             print(json.dumps({"ready": True}), flush=True)
         elif control == "flush":
             analyzer.flush()
-            flagged = {r.info.run_uid: sorted(r.flagged) for r in analyzer.session.runs}
-            print(json.dumps({"flushed": analyzer.stats, "flagged": flagged}), flush=True)
+            print(
+                json.dumps({"flushed": analyzer.stats, "flagged": analyzer.run_flags()}), flush=True
+            )
         elif control == "exit":
             for task in asyncio.all_tasks(dispatcher.loop):
                 task.cancel()
@@ -124,12 +128,13 @@ def remote_analyzer_main() -> None:
 class RemoteAnalyzer:
     """The benchmark side of :func:`remote_analyzer_main`: a ``Publisher`` to subscribe."""
 
-    def __init__(self, timeout: float = 120.0) -> None:
+    def __init__(self, timeout: float = 120.0, *, nice: int = 0) -> None:
         from bluesky.callbacks.zmq import Publisher
 
         self.timeout = timeout
+        code = f"from bench.bench_live import remote_analyzer_main as m; m({int(nice)})"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from bench.bench_live import remote_analyzer_main as m; m()"],
+            [sys.executable, "-c", code],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -188,6 +193,7 @@ class RemoteAnalyzer:
             self.proc.kill()
             self.proc.wait()
         self.publisher.close()
+        self.proc.stdout.close()
 
 
 # -- scans --------------------------------------------------------------------------------------
@@ -252,9 +258,28 @@ def scan_once(fov, *, seed: int, callbacks=(), pace_s: float = 0.0, data_dir=Non
     return {"uid": uid, "wall_s": wall, "cpu_s": cpu, "re_thread_cpu_s": thread_clock.cpu_s}
 
 
-def measure_slowdown(*, size: int, repeats: int, pace_s: float, seed: int = 11) -> dict:
-    """Median scan wall time per way of subscribing, order rotated every repetition."""
+def _sink_factories() -> dict[str, Any]:
     from callbacks import XanesAnalyzer
+
+    return {
+        "thread": lambda: XanesAnalyzer(alerts=None, report=False, backend="thread"),
+        "process": lambda: XanesAnalyzer(alerts=None, report=False, backend="process"),
+        "remote": lambda: RemoteAnalyzer(),
+    }
+
+
+#: ``config -> zero-argument factory`` of extra ways of subscribing (for experiments).
+EXTRA_SINKS: dict[str, Any] = {}
+
+
+def measure_slowdown(
+    *, size: int, repeats: int, pace_s: float, seed: int = 11, configs: tuple = CONFIGS
+) -> dict:
+    """Median scan wall time per way of subscribing, order rotated every repetition.
+
+    Also checks that every way of subscribing flagged the same particles in every scan
+    (``same_flags``; particle ids of the run's final evaluation).
+    """
     from sim.sample import make_field_of_view
 
     fov = make_field_of_view(
@@ -264,41 +289,54 @@ def measure_slowdown(*, size: int, repeats: int, pace_s: float, seed: int = 11) 
         seed=seed,
     )
     fov.od([7700.0])  # per-pixel tables, once, outside the timings
-    thread = XanesAnalyzer(alerts=None, report=False)
-    remote = RemoteAnalyzer()
-    sinks = {"alone": None, "thread": thread, "remote": remote}
-    times: dict[str, list[dict]] = {c: [] for c in CONFIGS}
+    factories = {**_sink_factories(), **EXTRA_SINKS}
+    sinks: dict[str, Any] = {"alone": None}
+    times: dict[str, list[dict]] = {c: [] for c in configs}
     try:
+        for c in configs:
+            if c != "alone":
+                sinks[c] = factories[c]()
         for rep in range(repeats):
-            for k in range(len(CONFIGS)):
-                config = CONFIGS[(rep + k) % len(CONFIGS)]
+            for k in range(len(configs)):
+                config = configs[(rep + k) % len(configs)]
                 sink = sinks[config]
                 t = scan_once(fov, seed=seed, callbacks=[sink] if sink else [], pace_s=pace_s)
                 t0 = time.perf_counter()
-                if config == "thread":
-                    thread.flush()
-                    stats = thread.stats
-                elif config == "remote":
-                    stats = remote.flush()
                 if sink is not None:  # analysis still running when the scan ended
+                    stats, flags = _flush(sink)
                     t["lag_s"] = time.perf_counter() - t0
                     t["dropped_events_total"] = stats["dropped_events"]
+                    t["flagged"] = flags.get(t["uid"])
                 times[config].append(t)
                 logger.info("slowdown %s pace %.2f: %s", config, pace_s, _round(t))
     finally:
-        thread.close()
-        remote.close()
-    med = {c: float(np.median([t["wall_s"] for t in times[c]])) for c in CONFIGS}
-    best = {c: float(np.min([t["wall_s"] for t in times[c]])) for c in CONFIGS}
-    runs = {c: [_round(t) for t in times[c]] for c in CONFIGS}
+        for sink in sinks.values():
+            if sink is not None:
+                sink.close()
+    med = {c: float(np.median([t["wall_s"] for t in times[c]])) for c in configs}
+    best = {c: float(np.min([t["wall_s"] for t in times[c]])) for c in configs}
+    runs = {c: [_round(t) for t in times[c]] for c in configs}
+    flags = {json.dumps(t["flagged"]) for c in configs if c != "alone" for t in times[c]}
     return {
         "median_wall_s": med,
         "min_wall_s": best,
         "runs": runs,
+        "same_flags": len(flags) <= 1,
+        "flagged": sorted(flags),
         "size": size,
         "pace_s": pace_s,
         "loadavg_1min_after": round(os.getloadavg()[0], 2),
     }
+
+
+def _flush(sink: Any) -> tuple[dict, dict]:
+    """Wait for a sink's analysis; its counters and ``run uid -> flagged particles``."""
+    if isinstance(sink, RemoteAnalyzer):
+        stats = sink.flush()
+        return stats, sink.flagged
+    if not sink.flush(timeout=600):
+        raise TimeoutError(f"the {sink.backend} analyzer did not catch up within 600 s")
+    return sink.stats, sink.run_flags()
 
 
 def _round(t: dict) -> dict:

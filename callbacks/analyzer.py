@@ -17,7 +17,9 @@ Reading order for a newcomer following one frame to an alert:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,14 @@ import event_model
 
 from callbacks.dialects import detect_dialect
 from callbacks.handlers import HANDLER_REGISTRY
+from callbacks.process_backend import AnalysisProcess, handler_paths
 from callbacks.processor import XanesRunProcessor
 from callbacks.worker import AnalysisWorker, DocumentQueue
 from streamer.session import AnalysisSession
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("thread", "process")
 
 
 class _TolerantRunRouter(event_model.RunRouter):
@@ -108,6 +113,19 @@ class _Forward:
         self.queue.put(self.processor, name, doc, run_key=self.run_uid)
 
 
+class _ToProcess:
+    """The queue's target with ``backend="process"``: send each document to the child."""
+
+    __slots__ = ("depth", "process")
+
+    def __init__(self, process: AnalysisProcess, depth: Callable[[], float]) -> None:
+        self.process = process
+        self.depth = depth
+
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        self.process.send("doc", name, doc, self.depth())
+
+
 class XanesAnalyzer:
     """Live TXM-XANES analysis of bluesky documents, subscribable to a RunEngine.
 
@@ -136,6 +154,18 @@ class XanesAnalyzer:
         nothing lost), ``False`` live (the RunEngine is never blocked).
     report
         Write PNG figures per field of view and a campaign report under ``out_dir/report``.
+    backend
+        Where the analysis runs. ``"thread"``: a worker thread of this process, sharing the
+        interpreter (and its GIL) with the RunEngine; :attr:`session` is the live session.
+        ``"process"``: a child process at lower priority (:mod:`callbacks.process_backend`);
+        this object only queues documents and one thread forwards them, alerts come back to
+        ``alerts`` in this process, :attr:`session` is ``None`` (use :meth:`run_flags` and
+        :attr:`stats`), and ``session`` and the session options must be plain data.
+    nice
+        How much lower the analysis's scheduling priority is than the caller's (Linux niceness,
+        0 to 19): the analysis thread's with ``backend="thread"``, the child's with
+        ``"process"``, so that the RunEngine wins every contest for a core. Default: 10 live,
+        0 in replay (where the analysis is the work).
 
     Examples
     --------
@@ -159,27 +189,78 @@ class XanesAnalyzer:
         max_queue_bytes: int = 2 * 1024**3,
         block: bool | None = None,
         report: bool = True,
+        backend: str = "thread",
+        nice: int | None = None,
         **session_options: Any,
     ) -> None:
         if mode not in ("live", "replay"):
             raise ValueError(f"mode must be 'live' or 'replay', not {mode!r}")
         if alerts is not None and not callable(alerts):
             raise TypeError(f"alerts must be callable (a publisher or a function), not {alerts!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        nice = (10 if mode == "live" else 0) if nice is None else int(nice)
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be between 0 and 19, not {nice!r}")
         self.mode = mode
-        self.session = session or AnalysisSession(
-            alerts=alerts, out_dir=out_dir, checkpoint=checkpoint, report=report, **session_options
-        )
+        self.backend = backend
         self.handler_registry = dict(handler_registry or HANDLER_REGISTRY)
         self.root_map = dict(root_map or {})
         self.block = (mode == "replay") if block is None else bool(block)
         self.queue = DocumentQueue(
             max_events=max_queue_events, max_bytes=max_queue_bytes, block=self.block
         )
-        self.worker = AnalysisWorker(self.queue)
-        self.worker.start()
-        self._router = _TolerantRunRouter([self._factory])
+        self.backlog_source: Callable[[], float] | None = None
         self.ignored_runs = 0
         self.errors = 0
+        self._router = _TolerantRunRouter([self._factory])
+        self._runs: dict[str, _Forward] = {}  # start uid -> the run's forwarder
+        self._process: AnalysisProcess | None = None
+        if backend == "process":
+            self.session = None
+            self._process = self._start_process(
+                alerts, session, out_dir=out_dir, checkpoint=checkpoint, report=report,
+                max_queue_bytes=max_queue_bytes, nice=nice, session_options=session_options,
+            )  # fmt: skip
+            depth = (lambda: 0.0) if self.block else (lambda: self.queue.depth)
+            self._send = _ToProcess(self._process, depth)
+            self.worker = AnalysisWorker(self.queue, name="txm-streamer-forward")
+        else:
+            self.session = session or AnalysisSession(
+                alerts=alerts,
+                out_dir=out_dir,
+                checkpoint=checkpoint,
+                report=report,
+                **session_options,
+            )
+            self.worker = AnalysisWorker(self.queue, nice=nice)
+        self.worker.start()
+
+    def _start_process(
+        self, alerts: Any, session: Any, *, session_options: dict, **options: Any
+    ) -> AnalysisProcess:
+        if session is not None:
+            raise ValueError("backend='process' cannot share a session object with the child")
+        policy = session_options.get("policy")
+        if policy is not None:
+            session_options = {**session_options, "policy": dataclasses.asdict(policy)}
+        if "campaign" in session_options:
+            raise ValueError("backend='process' loads its campaign from `checkpoint` instead")
+        for key in ("out_dir", "checkpoint"):
+            if options[key] is not None:
+                options[key] = str(options[key])
+        analyzer = {
+            "mode": self.mode,
+            "block": self.block,
+            "handler_registry": handler_paths(self.handler_registry),
+            "root_map": self.root_map,
+            "out_dir": options["out_dir"],
+            "checkpoint": options["checkpoint"],
+            "report": options["report"],
+            "max_queue_bytes": options["max_queue_bytes"],
+        }
+        payload = {"analyzer": analyzer, "session": session_options, "nice": options["nice"]}
+        return AnalysisProcess(payload, alerts=alerts)
 
     def _factory(self, name: str, start: Mapping[str, Any]) -> tuple[list, list]:
         dialect = detect_dialect(start)
@@ -194,7 +275,10 @@ class XanesAnalyzer:
             dialect.name,
             len(dialect.planned_energies_ev or ()) or "unknown",
         )
-        backlog = (lambda: 0.0) if self.block else (lambda: self.queue.depth)
+        if self.backlog_source is not None:
+            backlog = self.backlog_source
+        else:
+            backlog = (lambda: 0.0) if self.block else (lambda: self.queue.depth)
         processor = XanesRunProcessor(
             dialect,
             begin_run=lambda info: self.session.begin_run(info, backlog=backlog),
@@ -202,12 +286,20 @@ class XanesAnalyzer:
             root_map=self.root_map,
             mode=self.mode,
         )
-        return [_Forward(self.queue, processor, start["uid"])], []
+        forward = self._runs[start["uid"]] = _Forward(self.queue, processor, start["uid"])
+        return [forward], []
 
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         """Take one document; never raises into the RunEngine."""
         try:
-            self._router(name, doc)
+            if self._process is not None:
+                self.queue.put(self._send, name, doc, run_key=doc.get("descriptor", ""))
+            elif name == "dropped":  # an event the RunEngine's process dropped (process backend)
+                self._route_dropped(doc)
+            else:
+                self._router(name, doc)
+                if name == "stop":
+                    self._runs.pop(doc.get("run_start"), None)
         except Exception:
             self.errors += 1
             log.exception(
@@ -216,14 +308,45 @@ class XanesAnalyzer:
                 doc.get("uid") if isinstance(doc, Mapping) else "?",
             )
 
+    def _route_dropped(self, marker: Mapping[str, Any]) -> None:
+        start = self._router._descriptor_to_start.get(marker.get("descriptor"))
+        forward = self._runs.get(start)
+        if forward is not None:
+            forward.queue.put(forward.processor, "dropped", marker, run_key=forward.run_uid)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every document received so far is analysed; False on timeout."""
-        return self.queue.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._process is None:
+            return self.queue.join(timeout)
+        return self._request("flush", deadline)
+
+    def _request(self, kind: str, deadline: float | None) -> bool:
+        process = self._process
+        answered, _ = process.request(
+            kind, lambda doc: self.queue.put(lambda n, d: process.send(kind, n, d), kind, doc)
+        )
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        done = answered.wait(left)
+        return done and (kind == "close" or process.alive)
 
     def close(self, timeout: float | None = 60.0) -> None:
-        """Finish queued work, stop the analysis thread and close the session."""
-        self.worker.stop(timeout)
-        self.session.close()
+        """Finish queued work, stop the analysis (thread or process) and close the session."""
+        if self._process is None:
+            self.worker.stop(timeout)
+            self.session.close()
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._process.alive:
+            self._request("close", deadline)
+        self.worker.stop(0 if deadline is None else max(deadline - time.monotonic(), 0.0))
+        self._process.wait(None if deadline is None else max(deadline - time.monotonic(), 1.0))
+
+    def run_flags(self) -> dict[str, list[int]]:
+        """``run uid -> flagged particle ids`` of finished runs (process: as of the last flush)."""
+        if self._process is not None:
+            return dict(self._process.last_report.get("flagged", {}))
+        return {r.info.run_uid: sorted(r.flagged) for r in self.session.runs}
 
     def __enter__(self) -> XanesAnalyzer:
         return self
@@ -233,9 +356,13 @@ class XanesAnalyzer:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters for monitoring: queue, drops, errors, ignored runs, orphan documents."""
+        """Counters for monitoring: queue, drops, errors, ignored runs, orphan documents.
+
+        With ``backend="process"`` the analysis counters are the child's as of the last
+        :meth:`flush`, and ``forward_errors`` counts documents that could not be sent to it.
+        """
         q = self.queue.stats
-        return {
+        stats = {
             "accepted": q.accepted,
             "processed": q.processed,
             "dropped_events": q.dropped_events,
@@ -246,3 +373,12 @@ class XanesAnalyzer:
             "orphan_documents": self._router.orphan_documents,
             "worker_busy_s": round(self.worker.busy_seconds, 3),
         }
+        if self._process is not None:
+            child = self._process.last_report.get("stats", {})
+            stats["forward_errors"] = q.errors
+            for key in ("processed", "worker_errors", "router_errors", "ignored_runs"):
+                stats[key] = child.get(key, 0)
+            stats["orphan_documents"] = child.get("orphan_documents", 0)
+            stats["worker_busy_s"] = child.get("worker_busy_s", 0.0)
+            stats["sink_errors"] = self._process.sink_errors
+        return stats

@@ -21,6 +21,7 @@ Overload policy (stated once, applied everywhere):
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -173,6 +174,19 @@ class DocumentQueue:
             return self._cond.wait_for(lambda: self._unfinished == 0, timeout=timeout)
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Add ``nice`` to the calling thread's niceness (Linux: a thread is a task); log failures."""
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        log.info("thread priorities are not supported here: the analysis runs at normal priority")
+        return
+    tid = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(current + nice, 19))
+    except OSError as err:
+        log.warning("could not lower the analysis thread's priority: %s", err)
+
+
 class AnalysisWorker(threading.Thread):
     """The one thread that runs the analysis, so the RunEngine's thread only enqueues.
 
@@ -181,13 +195,18 @@ class AnalysisWorker(threading.Thread):
     processor then stops analysing that run and says so); it never stops the worker.
     """
 
-    def __init__(self, queue: DocumentQueue, *, name: str = "txm-streamer-analysis") -> None:
+    def __init__(
+        self, queue: DocumentQueue, *, name: str = "txm-streamer-analysis", nice: int = 0
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.queue = queue
+        self.nice = nice
         self._stop_requested = threading.Event()
         self.busy_seconds = 0.0
 
     def run(self) -> None:
+        if self.nice > 0:
+            lower_thread_priority(self.nice)
         while not (self._stop_requested.is_set() and self.queue.join(timeout=0)):
             item = self.queue.get(timeout=0.1)
             if item is None:
