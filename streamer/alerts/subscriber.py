@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import zmq
@@ -76,7 +76,8 @@ class AlertSubscriber:
     events
         Recent notable events (dicts with ``"event"``: gap, restart, heartbeat_lost, ...).
     counts
-        Counters: received, shown, filtered, duplicates, gaps, missed, invalid, restarts, stale...
+        Counters: received, shown, filtered, duplicates, gaps, missed, invalid, restarts, stale,
+        carried_over (unchanged copies of alerts a restarted publisher adopted, not shown again)...
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class AlertSubscriber:
         self.firing_: dict[str, dict[str, Any]] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
         self.counts: Counter[str] = Counter()
+        self._seen_before_restart: set[tuple] = set()
 
     @property
     def synced(self) -> bool:
@@ -229,7 +231,9 @@ class AlertSubscriber:
     def _sync_from_heartbeat(self, beat: dict[str, Any]) -> None:
         epoch, seq = beat["epoch"], beat["seq"]
         mine = [a["seq"] for a in self._buffer if a["epoch"] == epoch]
-        if seq == 0 or (mine and min(mine) == 1):
+        # seq 0 means nothing sent in this epoch yet; but alerts adopted from an earlier lifetime
+        # (n_firing > 0) are known only through the snapshot, so ask for it then.
+        if (seq == 0 and not beat.get("n_firing")) or (mine and min(mine) == 1):
             self._sync(epoch, beat["publisher"], base=0)
             return
         first_buffered = min(mine, default=seq + 1) - 1
@@ -303,6 +307,9 @@ class AlertSubscriber:
                 self.firing_[alert["fingerprint"]] = alert
             else:
                 self.firing_.pop(alert["fingerprint"], None)
+        if _identity(alert) in self._seen_before_restart:  # adopted across a restart, unchanged
+            self.counts["carried_over"] += 1
+            return
         shown = (
             (self.kinds is None or alert["kind"] in self.kinds)
             and severity_rank(alert["severity"]) >= self.min_rank
@@ -325,11 +332,19 @@ class AlertSubscriber:
             "restart",
             logging.WARNING,
             f"publisher {publisher} restarted (epoch {self.epoch_} -> {epoch}); "
-            f"{len(self.firing_)} alerts firing before are forgotten, re-synchronising",
+            f"{len(self.firing_)} alerts firing before are re-checked against its snapshot",
             old_epoch=self.epoch_,
             new_epoch=epoch,
         )
         self._retired_epochs.add(self.epoch_)
         self._synced = False
         self._buffer = []
+        # A restarted publisher may adopt what it left firing (AlertPublisher.adopt) and serve it
+        # again in its snapshot, unchanged: those copies update the state but are not shown twice.
+        self._seen_before_restart = {_identity(a) for a in self.firing_.values()}
         self.firing_ = {}
+
+
+def _identity(alert: Mapping[str, Any]) -> tuple:
+    """What makes two copies of an alert the same message: where and when it was published."""
+    return (alert["fingerprint"], alert["epoch"], alert["seq"], alert.get("revision"))

@@ -64,7 +64,7 @@ def test_adopted_alerts_are_held_and_sent_nowhere(tmp_path, earlier_lifetime):
         assert pub.publish(particle(1, severity="warning", provisional=True)) is None  # dedup
         confirmed = pub.publish(particle(1, severity="critical", provisional=False))
         wait_until(lambda: pub.stats.get("sent") == 1, "the update to be sent")
-        # (a subscriber asks for a snapshot once the epoch has a first alert: seq > 0)
+        # (a late subscriber asks for a snapshot: it learns adopted and new alerts alike)
         with AlertSubscriber(pub.endpoint, heartbeat_timeout=5.0) as late:
             snapshot = receive(late, 2)  # a late subscriber learns the adopted alert
             old = firing[1]  # adopted, unchanged: as the earlier lifetime sent it
@@ -105,3 +105,54 @@ def test_an_adopted_rate_limit_summary_is_resolved_at_once():
         (adopted,) = pub.adopt([summary])
         assert pub.firing == [] and pub.stats["resolved"] == 1
     assert adopted["fingerprint"] == summary["fingerprint"]
+
+
+def test_a_subscriber_joining_before_any_new_alert_learns_the_adopted_ones(earlier_lifetime):
+    _, firing = earlier_lifetime
+    with AlertPublisher(ANY_PORT, heartbeat_interval=0.2) as pub:
+        pub.adopt(firing)
+        assert pub.stats["seq"] == 0  # nothing sent in this epoch
+        with AlertSubscriber(pub.endpoint, heartbeat_timeout=5.0) as late:
+            snapshot = receive(late, 2)
+            assert {a["fingerprint"] for a in snapshot} == {a["fingerprint"] for a in firing}
+            assert set(late.firing_) == {a["fingerprint"] for a in firing}
+            assert late.counts["gaps"] == 0
+
+
+def test_a_subscriber_living_across_the_restart_is_not_shown_adopted_alerts_twice():
+    import zmq
+
+    first = AlertPublisher(ANY_PORT, heartbeat_interval=0.1)
+    endpoint = first.endpoint
+    sub = AlertSubscriber(endpoint, heartbeat_timeout=5.0)
+    try:
+        sent = [first.publish(particle(i)) for i in (1, 2)]
+        assert [a["seq"] for a in receive(sub, 2)] == [1, 2]
+        firing = first.firing
+        first.close()
+        second = None
+        deadline = time.monotonic() + BOUND
+        while second is None:  # the port is free again once the old listener has closed
+            try:
+                second = AlertPublisher(endpoint, heartbeat_interval=0.1)
+            except zmq.ZMQError:
+                assert time.monotonic() < deadline, "could not rebind the publisher port"
+                time.sleep(0.01)
+        with second:
+            second.adopt(firing)
+
+            def resynchronised():
+                assert sub.recv(timeout=0.01) is None  # the adopted copies are not shown
+                return sub.epoch_ == second.epoch
+
+            wait_until(resynchronised, "the subscriber to follow the new epoch")
+            assert sub.counts["restarts"] == 1 and sub.counts["carried_over"] == 2
+            resolved = second.resolve(sent[0]["fingerprint"])
+            [shown] = receive(sub, 1)  # the resolution; the adopted copies are not shown again
+            assert shown["status"] == "resolved" and shown["epoch"] == second.epoch
+            assert resolved["fingerprint"] == shown["fingerprint"]
+            assert sub.counts["carried_over"] == 2 and sub.counts["gaps"] == 0
+            assert list(sub.firing_) == [sent[1]["fingerprint"]]
+    finally:
+        sub.close()
+        first.close()
