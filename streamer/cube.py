@@ -8,7 +8,7 @@ keeps one optical-density cube ``(n_energies, n_pixels)`` float32, registered be
 Per energy point:
 
 1. **Robust average** of the ``k`` exposures of a stack, so that a cosmic-ray hit in one exposure
-   does not survive (:func:`streamer.flatfield.robust_average`: a sorting-network median for
+   does not survive (:func:`streamer.exposure_average.robust_average`: a sorting-network median for
    k = 3 or 5, a trimmed mean otherwise; measured choice documented there).
 2. **Normalisation** ``OD = -ln((sample - dark) / (flat - dark))``, plus ``ln(I0_sample / I0_flat)``
    when ``i0_correction`` is on and both monitors were given. A sample whose flat has not arrived
@@ -19,7 +19,8 @@ Per energy point:
    ``bright`` is the ``bright_percentile`` of the frame (open beam around the particles; detector
    non-uniformity stays in the data: a logged warning). ``expect_flats=False`` does this at once.
 3. **Registration** (:mod:`streamer.registration`): the drift of each new OD image against the
-   reference is measured on a reduced edge image and undone with a bilinear shift into the row.
+   reference is measured on a reduced edge image and undone with a bilinear shift into the row
+   (:class:`streamer.frame_ingest.FrameIngest` runs these steps on threads, band by band).
 
 What downstream sees
 --------------------
@@ -30,12 +31,13 @@ along the border that a drift correction left without data. Counts are in ``coun
 logged once, at :meth:`~SpectralCube.finalize`. Rows whose ``ready_`` is False hold nothing
 meaningful (zeros, or a raw average waiting for its flat): use ``ready_`` before reading a row.
 
-Memory: one float32 cube, committed when allocated (``prefault``). With ``energies`` planned, it
-is allocated once (rows are the planned energies, ascending; a sample maps to the nearest planned
-energy within ``energy_tolerance`` and any other energy raises :class:`UnplannedEnergyError`).
-Without a plan it grows by doubling (transiently 3x the rows during a copy), inserting rows in
-energy order. Besides the cube: one frame of work space for registration, the dark, up to
-``max_cached_flats`` flats plus a global one, and per-thread scratch of ``block_rows`` rows.
+Memory: one float32 cube (:class:`streamer.cube_rows.CubeRows`), committed when allocated
+(``prefault``). With ``energies`` planned, it is allocated once (rows are the planned energies,
+ascending; a sample maps to the nearest planned energy within ``energy_tolerance`` and any other
+energy raises :class:`UnplannedEnergyError`). Without a plan it grows by doubling (transiently 3x
+the rows during a copy), inserting rows in energy order. Besides the cube: one frame of work space
+for registration, the dark, up to ``max_cached_flats`` flats plus a global one, and per-thread
+scratch of ``block_rows`` rows.
 
 Examples
 --------
@@ -53,28 +55,17 @@ Examples
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
-import queue
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.flatfield import (
-    BlockScratch,
-    Flat,
-    FlatCache,
-    mask_nonfinite_rows,
-    monitor_value,
-    normalise_rows,
-    resolve_method,
-    robust_average,
-)
-from streamer.registration import DriftTracker, apply_shift, covered_region
+from streamer.cube_rows import CubeRows
+from streamer.flatfield import Flat, FlatCache, monitor_value, resolve_method
+from streamer.frame_ingest import FrameIngest
+from streamer.registration import DriftTracker
 
 __all__ = ["FrameShapeError", "SpectralCube", "UnplannedEnergyError"]
 
@@ -186,24 +177,17 @@ class SpectralCube:
         planned = None if energies is None else np.unique(np.asarray(energies, np.float64))
         if planned is not None and planned.size == 0:
             raise ValueError("energies, when given, must not be empty")
-        self._planned = planned is not None
         if energy_tolerance is None:
             step = np.diff(planned).min() if planned is not None and planned.size > 1 else 0.5
             energy_tolerance = min(0.5 * step, 1.0)
         self.energy_tolerance = float(energy_tolerance)
-        n = planned.size if planned is not None else int(capacity)
-        self._energies = planned if planned is not None else np.full(n, np.inf)
-        self._n_rows = n if planned is not None else 0
-        self._ready, self._shifts = np.zeros(n, bool), np.zeros((n, 2))
-        self._measured = np.full(n, np.nan)
+        self._rows = CubeRows(planned, capacity=capacity, prefault=prefault)
         self._shape: tuple[int, int] | None = None
-        self._cube = self._valid = self._work = self._dark = None
+        self._ingest: FrameIngest | None = None
+        self._dark: np.ndarray | None = None
         self._flats: FlatCache | None = None
         self._pending: dict[float, _Pending] = {}
-        self._finalized = self._warned_order = False
-        self._scratch: queue.SimpleQueue[BlockScratch] = queue.SimpleQueue()
-        self._n_scratch = 0
-        self._executor: ThreadPoolExecutor | None = None
+        self._finalized = False
         self.n_received_ = 0
         self.counters_ = dict.fromkeys(
             ("masked_values", "border_pixels", "nearest_flat", "raw_absorbance", "i0_missing",
@@ -215,29 +199,29 @@ class SpectralCube:
     # ----------------------------------------------------------------- results
     @property
     def energies_(self) -> np.ndarray:
-        return self._energies[: self._n_rows]
+        return self._rows.energies[: self._rows.n]
 
     @property
     def od_(self) -> np.ndarray:
-        if self._cube is None:
-            return np.zeros((self._n_rows, 0), np.float32)
-        return self._cube[: self._n_rows]
+        if self._rows.data is None:
+            return np.zeros((self._rows.n, 0), np.float32)
+        return self._rows.data[: self._rows.n]
 
     @property
     def ready_(self) -> np.ndarray:
-        return self._ready[: self._n_rows]
+        return self._rows.ready[: self._rows.n]
 
     @property
     def valid_(self) -> np.ndarray | None:
-        return self._valid
+        return None if self._ingest is None else self._ingest.valid.reshape(-1)
 
     @property
     def shifts_(self) -> np.ndarray:
-        return self._shifts[: self._n_rows]
+        return self._rows.shifts[: self._rows.n]
 
     @property
     def measured_energies_(self) -> np.ndarray:
-        return self._measured[: self._n_rows]
+        return self._rows.measured[: self._rows.n]
 
     @property
     def frame_shape_(self) -> tuple[int, int] | None:
@@ -250,9 +234,9 @@ class SpectralCube:
 
     def image(self, row: int) -> np.ndarray:
         """Row ``row`` of the cube as an ``(ny, nx)`` view."""
-        if self._cube is None or not 0 <= row < self._n_rows:
-            raise IndexError(f"row {row} out of range (cube has {self._n_rows} rows)")
-        return self._cube[row].reshape(self._shape)
+        if self._rows.data is None or not 0 <= row < self._rows.n:
+            raise IndexError(f"row {row} out of range (cube has {self._rows.n} rows)")
+        return self._rows.data[row].reshape(self._shape)
 
     # ------------------------------------------------------------------ inputs
     def add_dark(self, stack: np.ndarray) -> None:
@@ -265,7 +249,7 @@ class SpectralCube:
             )
         if self._dark is None:
             self._dark = np.empty(self._shape, np.float32)
-        self._run(lambda sc, r0, r1: self._average_rows(stack, self._dark, sc, r0, r1))
+        self._ingest.average(stack, self._dark, timed=False)
 
     def add_flat(self, stack: np.ndarray, *, energy: float | None = None, i0=None) -> None:
         """Add a flat (open beam) stack for ``energy`` (eV), or for all energies when None.
@@ -283,7 +267,7 @@ class SpectralCube:
             for e in targets[1:]:
                 self._normalise(e, flat)
         else:
-            self._run(lambda sc, r0, r1: self._average_rows(stack, flat.image, sc, r0, r1))
+            self._ingest.average(stack, flat.image, timed=False)
         self._flats.keep(flat)
 
     def add_sample(self, stack: np.ndarray, *, energy: float, i0=None) -> int:
@@ -298,8 +282,8 @@ class SpectralCube:
         """
         stack = self._check(stack)
         key = self._row_energy(float(energy))
-        row = self._row_of(key)
-        self._measured[row] = float(energy)
+        row = self._rows.row_of(key)
+        self._rows.measured[row] = float(energy)
         self.n_received_ += 1
         pending = _Pending(float(energy), monitor_value(i0))
         flat = self._flats.for_sample(key)
@@ -307,14 +291,11 @@ class SpectralCube:
             self._pending[key] = pending
             self._normalise(key, flat, sample_stack=stack)
         else:
-            dst = self._cube[row].reshape(self._shape)
-            t0 = time.perf_counter()
-            self._run(lambda sc, r0, r1: self._average_rows(stack, dst, sc, r0, r1))
-            self.timings_["average_normalise"] += time.perf_counter() - t0
+            self._ingest.average(stack, self.image(row))
             self._pending[key] = pending
             if not self.expect_flats:
                 self._normalise(key, None)
-        return self._row_of(key)
+        return self._rows.row_of(key)
 
     def finalize(self) -> SpectralCube:
         """Normalise leftovers (nearest flat, or raw absorbance), log the counters, stop threads."""
@@ -337,9 +318,8 @@ class SpectralCube:
 
     def close(self) -> None:
         """Stop the worker threads (the results stay available)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._ingest is not None:
+            self._ingest.close()
 
     def __enter__(self) -> SpectralCube:
         return self
@@ -352,23 +332,15 @@ class SpectralCube:
         if len(shape) != 2 or min(shape) < 1:
             raise FrameShapeError(f"frame_shape must be (ny, nx), got {shape}")
         self._shape = shape
-        npix = shape[0] * shape[1]
-        self._cube = self._new_rows(self._energies.size, npix)
-        self._valid = np.ones(npix, bool)
+        self._rows.allocate(shape[0] * shape[1])
         self._flats = FlatCache(
             shape, max_flats=self.max_cached_flats, tolerance=self.energy_tolerance
         )
-        if self.register:
-            self._work = np.empty(shape, np.float32)
-
-    def _new_rows(self, n: int, npix: int) -> np.ndarray:
-        """Zeroed rows; with ``prefault``, their memory is committed now, not at the first write."""
-        rows = np.zeros((n, npix), np.float32)  # calloc: lazily committed pages
-        if self.prefault:
-            t0 = time.perf_counter()
-            rows.reshape(-1)[::1024] = 0.0  # one write per 4 KiB page
-            logger.debug("committed %.0f MB in %.2f s", rows.nbytes / 1e6, time.perf_counter() - t0)
-        return rows
+        self._ingest = FrameIngest(
+            shape, tracker=self.tracker if self.register else None, fill_value=self.fill_value,
+            stack_average=self.stack_average, n_threads=self.n_threads, block_rows=self.block_rows,
+        )  # fmt: skip
+        self._ingest.timings = self.timings_  # one dict: the cube's figures are the ingest's
 
     def _check(self, stack) -> np.ndarray:
         """A (k, ny, nx) view of ``stack``; checks the frame shape."""
@@ -384,99 +356,25 @@ class SpectralCube:
             raise FrameShapeError(f"frame shape {stack.shape[1:]} differs from {self._shape}")
         return np.ascontiguousarray(stack)
 
-    def _run(self, work, *, first_rows: tuple[int, int] | None = None, then=None) -> None:
-        """Run ``work(scratch, r0, r1)`` over horizontal bands of the frame on the threads.
-
-        Four bands per thread, taken by whichever thread is free: on a busy machine a thread
-        that loses its core does not hold the frame up for long. With ``then``, the bands that
-        overlap ``first_rows`` go first and ``then()`` runs on the calling thread as soon as they
-        are done, while the other bands are still being worked on.
-        """
-        ny, nx = self._shape
-        n_blocks = -(-ny // self.block_rows)
-        n_threads = max(1, min(self.n_threads, n_blocks))
-        while self._n_scratch < n_threads:
-            self._scratch.put(BlockScratch(self.block_rows, nx))
-            self._n_scratch += 1
-        n_bands = 1 if n_threads == 1 else min(n_blocks, 4 * n_threads)
-        bounds = [min(ny, (n_blocks * i // n_bands) * self.block_rows) for i in range(n_bands + 1)]
-        bands = list(itertools.pairwise(bounds))
-        a, b = first_rows or (0, 0)
-        bands.sort(key=lambda band: not (band[0] < b and band[1] > a))  # stable
-
-        def band(r0, r1):
-            sc = self._scratch.get()
-            try:
-                work(sc, r0, r1)
-            finally:
-                self._scratch.put(sc)
-
-        if n_threads == 1:
-            for r0, r1 in bands:
-                band(r0, r1)
-            if then is not None:
-                then()
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(n_threads, thread_name_prefix="spectral-cube")
-        futures = [(r0 < b and r1 > a, self._executor.submit(band, r0, r1)) for r0, r1 in bands]
-        if then is not None:
-            for needed, future in futures:
-                if needed:
-                    future.result()
-            then()
-        for _, future in futures:
-            future.result()
-
-    def _average_rows(self, stack, out, sc, r0, r1) -> None:
-        robust_average(stack, method=self.stack_average, out=out, rows=(r0, r1), scratch=sc)
-
-    def _row_of(self, key: float) -> int:
-        return int(np.searchsorted(self._energies[: self._n_rows], key))
-
     def _row_energy(self, energy: float) -> float:
         """The row energy a sample at ``energy`` belongs to (adds a row when growing)."""
-        rows = self._energies[: self._n_rows]
-        i = int(np.argmin(np.abs(rows - energy))) if rows.size else -1
-        if i >= 0 and abs(rows[i] - energy) <= self.energy_tolerance:
-            key = float(rows[i])
-            if self._ready[i] or key in self._pending:
+        i, distance = self._rows.nearest(energy)
+        if i >= 0 and distance <= self.energy_tolerance:
+            key = float(self._rows.energies[i])
+            if self._rows.ready[i] or key in self._pending:
                 self._warn("duplicate_energy", 1, "a second sample at %.2f eV replaces the first",
                            energy)  # fmt: skip
                 self._pending.pop(key, None)
-                self._ready[i] = False
+                self._rows.ready[i] = False
             return key
-        if self._planned:
+        if self._rows.planned:
+            rows = self.energies_
             raise UnplannedEnergyError(
                 f"{energy:.3f} eV is not within {self.energy_tolerance:.3f} eV of a planned energy"
                 f" ({rows[0]:.2f}..{rows[-1]:.2f} eV, {rows.size} points)"
             )
-        self._insert_row(energy)
+        self._rows.insert(energy)
         return energy
-
-    def _insert_row(self, energy: float) -> None:
-        """Grow the cube by one row at the sorted position of ``energy`` (doubling capacity)."""
-        n = self._n_rows
-        if n == self._energies.size:
-            cap = max(2 * n, 1)
-            grown = self._new_rows(cap, self._cube.shape[1])
-            grown[:n] = self._cube[:n]
-            self._cube = grown
-            self._energies = np.concatenate([self._energies, np.full(cap - n, np.inf)])
-            self._ready = np.concatenate([self._ready, np.zeros(cap - n, bool)])
-            self._shifts = np.concatenate([self._shifts, np.zeros((cap - n, 2))])
-            self._measured = np.concatenate([self._measured, np.full(cap - n, np.nan)])
-        pos = int(np.searchsorted(self._energies[:n], energy))
-        if pos < n and not self._warned_order:
-            self._warned_order = True
-            logger.warning("energies arrive out of order: each such row moves the rows above it")
-        for j in range(n, pos, -1):  # row by row: no temporary copy of the cube
-            self._cube[j] = self._cube[j - 1]
-        for arr in (self._energies, self._ready, self._shifts, self._measured):
-            arr[pos + 1 : n + 1] = arr[pos:n].copy()
-        self._energies[pos], self._ready[pos] = energy, False
-        self._shifts[pos], self._measured[pos] = 0.0, np.nan
-        self._n_rows = n + 1
 
     def _warn(self, kind: str, count: int, message: str, *args) -> None:
         """Count a warning; log the first of its kind (all are summarised at finalize)."""
@@ -503,62 +401,22 @@ class SpectralCube:
         means raw absorbance.
         """
         pending = self._pending.pop(key)
-        row = self._row_of(key)
-        dst = self._cube[row].reshape(self._shape)
+        row = self._rows.row_of(key)
+        dst = self.image(row)
         sample = dst if sample_stack is None else sample_stack
-        store = None if flat_stack is None else flat.image
         flat_src: np.ndarray | float
-        if flat is None:
+        if flat is None:  # raw absorbance divides by a level that is already dark-subtracted
             msg = "no flat for %.2f eV: raw absorbance against the frame's bright level"
             self._warn("raw_absorbance", 1, msg, key)
             bright = dst[::4, ::4] - (self._dark[::4, ::4] if self._dark is not None else 0)
             flat_src = float(np.nanpercentile(bright, self.bright_percentile))
         else:
             flat_src = flat.image if flat_stack is None else flat_stack
-        # raw absorbance divides by a level that is already dark-subtracted
-        dark = self._dark
-        offset = self._i0_offset(pending, flat)
-        target = self._work if self.register else dst
-        drift = np.zeros(2)
-        spent = {}
-
-        def register():  # on this thread, while the workers normalise the outer bands
-            t = time.perf_counter()
-            failed = self.tracker.n_failed_
-            drift[:] = self.tracker.update(self._work)
-            self.counters_["registration_failed"] += self.tracker.n_failed_ - failed
-            spent["register"] = time.perf_counter() - t
-
-        t0 = time.perf_counter()
-        self._run(lambda sc, r0, r1: normalise_rows(
-            sample, flat_src, dark, target, offset=offset, rows=(r0, r1), scratch=sc,
-            method=self.stack_average, flat_store=store),
-            first_rows=self.tracker.rows_used(self._shape) if self.register else None,
-            then=register if self.register else None)  # fmt: skip
-        t2 = time.perf_counter()
-        t1 = t2 - spent.get("register", 0.0)
-        valid = self._valid.reshape(self._shape)
-        counts = []
-
-        def finish(sc, r0, r1):  # block by block: the check reads what the shift just wrote
-            n_bad, step = 0, self.block_rows
-            for b0 in range(r0, r1, step):
-                rows = (b0, min(r1, b0 + step))
-                if self.register:
-                    apply_shift(self._work, drift, out=dst, fill=self.fill_value, rows=rows,
-                                block_rows=step, scratch=sc.shift)  # fmt: skip
-                n_bad += mask_nonfinite_rows(dst, valid, self.fill_value, rows=rows, scratch=sc)
-            counts.append(n_bad)
-
-        self._run(finish)
-        if self.register:  # the border the shift left without data: filled, and not valid
-            ys, xs = covered_region(self._shape, drift)
-            valid[: ys.start], valid[ys.stop :] = False, False
-            valid[:, : xs.start], valid[:, xs.stop :] = False, False
-            border = self._valid.size - (ys.stop - ys.start) * (xs.stop - xs.start)
-            self.counters_["border_pixels"] += border
-        self.counters_["masked_values"] += sum(counts)
-        self._ready[row], self._shifts[row] = True, drift
-        self.timings_["average_normalise"] += t1 - t0
-        self.timings_["register"] += t2 - t1
-        self.timings_["shift_store"] += time.perf_counter() - t2
+        result = self._ingest.store(
+            sample, flat_src, self._dark, dst, offset=self._i0_offset(pending, flat),
+            flat_store=None if flat_stack is None else flat.image,
+        )  # fmt: skip
+        self.counters_["registration_failed"] += result.n_failed
+        self.counters_["border_pixels"] += result.n_border
+        self.counters_["masked_values"] += result.n_masked
+        self._rows.ready[row], self._rows.shifts[row] = True, result.drift
