@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from .zarr_chunks import zarr_v3_row_reader
+
 __all__ = ["BLOCK_BYTES", "ArrayRows", "event_value"]
 
 #: Rows of an array node read per request/file read (rounded to whole rows).
@@ -51,6 +53,9 @@ def _direct_reader(node, shape: tuple, dtype: np.dtype) -> Callable[[int, int], 
     if source.mimetype == "application/x-zarr" and len(paths) == 1:
         import zarr
 
+        chunk_reader = zarr_v3_row_reader(paths[0], shape=shape, dtype=dtype)
+        if chunk_reader is not None:  # the plain layout tiled writes: decode chunks directly
+            return chunk_reader
         array = zarr.open_array(str(paths[0]), mode="r")
         if tuple(array.shape) == shape and castable(array.dtype):
             return lambda a, b: np.asarray(array[a:b], dtype=dtype)
