@@ -129,20 +129,46 @@ def _sorted_projection(plan: AttributePlan, src: np.ndarray, pixels, mu: np.ndar
     return lin, where
 
 
+def _features(plan: AttributePlan, mu, lin, jump, cols, values: dict, hits: dict) -> None:
+    """Every attribute besides the edge jump and ``e0_deriv``, into ``values`` and ``hits``."""
+    a, b = lin[0], lin[1]
+    if plan.half_rows.stop - plan.half_rows.start >= 2:
+        x_half, hits["e0_half"] = _half_crossing(plan, mu, a, b, jump, cols)
+        values["e0_half"] = plan.e0_ev + x_half
+    if plan.wl_x.size >= 3:
+        y = mu[plan.wl_rows] - b * plan.wl_x[:, None]
+        x_wl, top, hits["white_line_energy"] = _peak(plan.wl_x, y, cols)
+        values["white_line_energy"] = plan.e0_ev + x_wl
+        values["white_line_height"] = (top - a) / jump
+    if plan.pre_residual is not None:
+        r = plan.pre_residual @ mu[plan.pre_rows]
+        dof = np.float32(r.shape[0] - 2)
+        values["pre_edge_noise"] = np.sqrt(np.einsum("ij,ij->j", r, r) / dof) / jump
+    if plan.savgol_blocks:
+        values["r_squared"] = _r_squared(plan, mu, lin, b)
+    if plan.references is not None:
+        proj = lin[plan.lcf] - plan.ref_sums[:, None] * a - plan.ref_xsums[:, None] * b
+        weights = nnls_all_subsets(plan.references, proj / jump)
+        for name, w in zip(plan.references.names, weights, strict=True):
+            values[f"frac_{name}"] = w
+
+
 def attributes_of_chunk(
     plan: AttributePlan,
     cube: np.ndarray,
     pixels: slice | np.ndarray,
     buf: np.ndarray,
     out: dict,
+    *,
+    edge_jump_only: bool = False,
 ) -> dict[str, int]:
     """All attributes for the pixel columns ``pixels`` of ``cube``, written into ``out``.
 
     ``cube`` is float32 ``(n_energies, n_pixels)``; ``pixels`` a slice or an ascending array of
     column indices (``m`` of them); ``buf`` is this thread's scratch of shape
     ``(n_energies, >= m)`` float32; ``out`` maps names (and ``"_finite"``) to whole-field
-    arrays. Returns ``name -> count`` of finite pixels whose feature lies on the edge of its
-    window.
+    arrays. ``edge_jump_only`` stops after the edge jump (and ``e0_deriv``). Returns
+    ``name -> count`` of finite pixels whose feature lies on the edge of its window.
     """
     with np.errstate(all="ignore"):
         m = len(range(cube.shape[1])[pixels]) if isinstance(pixels, slice) else len(pixels)
@@ -154,7 +180,6 @@ def attributes_of_chunk(
         finite = np.isfinite(lin[plan.sum_row])
         values["_finite"] = finite
         hits = {}
-        a, b = lin[0], lin[1]
         x_edge = np.zeros(m, dtype=np.float32)
         if plan.deriv is not None:
             x_edge, _, hits["e0_deriv"] = _peak(plan.deriv_x, lin[plan.deriv], cols)
@@ -165,25 +190,8 @@ def attributes_of_chunk(
             jump *= x_edge
             jump += c
         values["edge_jump"] = jump
-        if plan.half_rows.stop - plan.half_rows.start >= 2:
-            x_half, hits["e0_half"] = _half_crossing(plan, mu, a, b, jump, cols)
-            values["e0_half"] = plan.e0_ev + x_half
-        if plan.wl_x.size >= 3:
-            y = mu[plan.wl_rows] - b * plan.wl_x[:, None]
-            x_wl, top, hits["white_line_energy"] = _peak(plan.wl_x, y, cols)
-            values["white_line_energy"] = plan.e0_ev + x_wl
-            values["white_line_height"] = (top - a) / jump
-        if plan.pre_residual is not None:
-            r = plan.pre_residual @ mu[plan.pre_rows]
-            dof = np.float32(r.shape[0] - 2)
-            values["pre_edge_noise"] = np.sqrt(np.einsum("ij,ij->j", r, r) / dof) / jump
-        if plan.savgol_blocks:
-            values["r_squared"] = _r_squared(plan, mu, lin, b)
-        if plan.references is not None:
-            proj = lin[plan.lcf] - plan.ref_sums[:, None] * a - plan.ref_xsums[:, None] * b
-            weights = nnls_all_subsets(plan.references, proj / jump)
-            for name, w in zip(plan.references.names, weights, strict=True):
-                values[f"frac_{name}"] = w
+        if not edge_jump_only:
+            _features(plan, mu, lin, jump, cols, values, hits)
         for name, v in values.items():
             out[name][where] = v
         return {k: int(np.count_nonzero(v & finite)) for k, v in hits.items()}

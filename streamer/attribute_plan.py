@@ -110,6 +110,17 @@ class AttributePlan:
     def n_energies(self) -> int:
         return self.energies_ev.size
 
+    def build_projections(self) -> AttributePlan:
+        """Build every stacked projection now and return the plan.
+
+        Each is otherwise built the first time a pixel needs it (a few ms per edge-estimate
+        row, tens of ms for a grid), which a live evaluation can do ahead of time for the grid
+        its next evaluation will have.
+        """
+        for k1 in range(max(self.deriv_rows.stop - self.deriv_rows.start, 1)):
+            self.projection(k1)
+        return self
+
     def projection(self, k1: int) -> np.ndarray:
         """The stacked projection for pixels whose raw derivative peaks at ``deriv_rows[k1]``.
 

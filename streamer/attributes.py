@@ -64,7 +64,7 @@ from streamer.provisional import (
     attribute_validity,
 )
 
-__all__ = ["ATTRIBUTE_NAMES", "AttributeResult", "compute_attributes"]
+__all__ = ["ATTRIBUTE_NAMES", "AttributeResult", "compute_attributes", "expected_validity"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def compute_attributes(
     chunk: int = DEFAULT_CHUNK,
     min_edge_jump: float = 1e-6,
     pixels=None,
+    edge_jump_only: bool = False,
 ) -> AttributeResult:
     """Attributes of every pixel's spectrum; provisional while energies are missing.
 
@@ -161,6 +162,10 @@ def compute_attributes(
         margin around them); the others are NaN and not in ``valid_pixels``. Each computed pixel
         gets the value it would get in a computation of all pixels with the same ``e0_hint``
         (without one, the edge energy is still estimated from all pixels).
+    edge_jump_only : bool
+        Compute only ``edge_jump`` (and ``e0_deriv``, where it is evaluated), about half the
+        work, to segment particles; the other attributes are NaN and not ``valid``, and
+        ``valid_pixels`` then only requires finite data and the edge jump.
 
     Returns
     -------
@@ -201,10 +206,13 @@ def compute_attributes(
             chunk,
             min_edge_jump,
             pixels,
+            edge_jump_only,
         )
 
 
-def _compute(e, mu, e0_hint, references, windows, planned, n_threads, chunk, min_edge_jump, pixels):
+def _compute(
+    e, mu, e0_hint, references, windows, planned, n_threads, chunk, min_edge_jump, pixels, only
+):
     n_pix = mu.shape[1]
     ref_names = tuple(references or ())
     names = ATTRIBUTE_NAMES + tuple(f"frac_{r}" for r in ref_names)
@@ -234,14 +242,16 @@ def _compute(e, mu, e0_hint, references, windows, planned, n_threads, chunk, min
             buf = local.buf = np.empty((e.size, min(chunk, n_sel) + _PAD), dtype=np.float32)
         columns = sl if pixels is None else pixels[sl]
         if mu.dtype == np.float32:
-            return attributes_of_chunk(plan, mu, columns, buf, out)
+            return attributes_of_chunk(plan, mu, columns, buf, out, edge_jump_only=only)
         # other dtypes: convert this chunk only, compute it, and scatter its results
         src = np.ascontiguousarray(mu[:, columns], dtype=np.float32)
         part = {
             name: np.full(src.shape[1], v.dtype.type(0) if v.dtype == bool else np.nan, v.dtype)
             for name, v in out.items()
         }
-        counts = attributes_of_chunk(plan, src, slice(0, src.shape[1]), buf, part)
+        counts = attributes_of_chunk(
+            plan, src, slice(0, src.shape[1]), buf, part, edge_jump_only=only
+        )
         for name, v in part.items():
             out[name][columns] = v
         return counts
@@ -253,11 +263,13 @@ def _compute(e, mu, e0_hint, references, windows, planned, n_threads, chunk, min
     else:
         counts = [run(sl) for sl in bounds]
     at_edge = {k: sum(c.get(k, 0) for c in counts) for k in counts[0]} if counts else {}
+    if only:
+        out["_computed"] = ("edge_jump", "e0_deriv")
     return _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge)
 
 
-def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> AttributeResult:
-    finite = out.pop("_finite")
+def _validity(plan, e, names, ref_names, planned):
+    """Which attributes the energies ``e`` determine under ``plan`` (see :func:`_finish`)."""
     windows = plan.normalization.windows
     requirements = attribute_requirements(plan.e0_ev, windows=windows, references=ref_names)
     valid = attribute_validity(e, requirements, planned_energies_ev=planned)
@@ -270,6 +282,42 @@ def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> 
         for name in names:
             if name in NEEDS_NORMALIZATION or name.startswith("frac_"):
                 valid[name] = False
+    return valid, requirements, flat_placeholder or missing > 0
+
+
+def expected_validity(
+    energies_ev,
+    *,
+    e0_ev: float,
+    planned_energies_ev=None,
+    windows: EdgeWindows | None = None,
+    references=None,
+) -> dict[str, bool]:
+    """``AttributeResult.valid`` of :func:`compute_attributes` with ``e0_hint=e0_ev``, without
+    computing any pixel (to decide beforehand what an evaluation is worth).
+
+    Examples
+    --------
+    >>> e = np.arange(7600.0, 7900.0, 1.0)
+    >>> expected_validity(e, e0_ev=7722.0)["white_line_height"]
+    True
+    >>> expected_validity(e[e < 7760.0], e0_ev=7722.0)["white_line_height"]
+    False
+    """
+    e = check_energies(energies_ev)
+    plan = plan_attributes(e, e0_ev=float(e0_ev), windows=windows, references=references)
+    ref_names = tuple(references or ())
+    names = ATTRIBUTE_NAMES + tuple(f"frac_{r}" for r in ref_names)
+    return _validity(plan, e, names, ref_names, planned_energies_ev)[0]
+
+
+def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> AttributeResult:
+    finite = out.pop("_finite")
+    valid, requirements, provisional = _validity(plan, e, names, ref_names, planned)
+    computed = out.pop("_computed", None)
+    if computed is not None:  # edge_jump_only: the others are not usable
+        for name in names:
+            valid[name] = valid[name] and name in computed
     ok = finite.copy()
     if plan.can_normalize:
         with np.errstate(invalid="ignore"):
@@ -286,7 +334,6 @@ def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> 
         logger.debug("attributes not determined for some pixels: %s", failures)
     if "white_line_energy" in at_edge:
         at_edge["white_line_height"] = at_edge["white_line_energy"]
-    provisional = flat_placeholder or missing > 0
     return AttributeResult(
         values=out,
         valid=valid,

@@ -35,7 +35,7 @@ __all__ = [
     "estimate_noise_sigma",
     "odd_value_mask",
     "thickness_mask",
-    "thickness_threshold",
+    "thickness_mask_and_threshold",
 ]
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def thickness_mask(
         stay out of the mask when most of their neighbours are ``NaN``.
     threshold : float, optional
         Edge-jump level (of the filtered image); chosen by :func:`edge_jump_threshold` on the
-        filtered image when omitted (see :func:`thickness_threshold`).
+        filtered image when omitted.
     method, n_sigma
         Passed to :func:`edge_jump_threshold` when ``threshold`` is omitted.
     median_size_px : int
@@ -210,41 +210,47 @@ def thickness_mask(
     ndarray of bool, shape (ny, nx)
         Empty (with a warning) when the image has no contrast to threshold automatically.
     """
-    image, threshold = _filtered_and_threshold(
-        edge_jump_image, threshold, method, n_sigma, median_size_px
-    )
-    if threshold is None:
-        return np.zeros(image.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):
-        mask = image > threshold
-    if fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
-    return mask
+    return thickness_mask_and_threshold(
+        edge_jump_image,
+        threshold=threshold,
+        method=method,
+        n_sigma=n_sigma,
+        median_size_px=median_size_px,
+        fill_holes=fill_holes,
+    )[0]
 
 
-def thickness_threshold(
+def thickness_mask_and_threshold(
     edge_jump_image: np.ndarray,
     *,
+    threshold: float | None = None,
     method: str = "noise",
     n_sigma: float = 3.0,
     median_size_px: int = 3,
-) -> float | None:
-    """The automatic threshold :func:`thickness_mask` would apply (to the filtered image).
-
-    Passing it back as ``thickness_mask(..., threshold=...)`` gives the same mask; keeping it
-    lets a later, better estimate of the same edge jump be compared with the mask it gave.
-    ``None`` when the image has no contrast to threshold.
+    fill_holes: bool = True,
+) -> tuple[np.ndarray, float | None]:
+    """:func:`thickness_mask` and the threshold it applied to the filtered image (``None`` when
+    the image has no contrast), to compare a later estimate of the same edge jump with the mask.
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
     >>> image = rng.normal(0.0, 0.01, (64, 64))
     >>> image[20:40, 10:30] += 0.4
-    >>> t = thickness_threshold(image)
-    >>> bool((thickness_mask(image, threshold=t) == thickness_mask(image)).all())
-    True
+    >>> mask, t = thickness_mask_and_threshold(image)
+    >>> bool((mask == thickness_mask(image, threshold=t)).all()), 0.0 < t < 0.4
+    (True, True)
     """
-    return _filtered_and_threshold(edge_jump_image, None, method, n_sigma, median_size_px)[1]
+    image, threshold = _filtered_and_threshold(
+        edge_jump_image, threshold, method, n_sigma, median_size_px
+    )
+    if threshold is None:
+        return np.zeros(image.shape, dtype=bool), None
+    with np.errstate(invalid="ignore"):
+        mask = image > threshold
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    return mask, threshold
 
 
 def _filtered_and_threshold(

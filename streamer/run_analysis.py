@@ -15,6 +15,10 @@ decider, which owns the **decide** half (campaign scoring, alert book, learning;
   so scoring and alerts interleave with the frames exactly as the scan goes;
 - distributed (:mod:`streamer.distributed`), a :class:`StepRecorder` keeps the steps; they are
   shipped back and applied, run by run in scan order, by a decider on the client.
+
+The steps themselves are defined in :mod:`streamer.run_steps` (re-exported here); what one
+evaluation computes, and what it reuses from the previous one, in
+:mod:`streamer.field_evaluation`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +35,17 @@ from streamer.cube import FrameShapeError, SpectralCube
 from streamer.field_evaluation import FieldEvaluator
 from streamer.normalize import estimate_e0
 from streamer.provisional import attribute_requirements, attribute_validity
+from streamer.run_steps import Evaluation, EvaluationSnapshot, Step, StepRecorder
+
+__all__ = [
+    "DecisionPolicy",
+    "Evaluation",
+    "EvaluationSnapshot",
+    "RunAnalysis",
+    "RunInfo",
+    "Step",
+    "StepRecorder",
+]
 
 if TYPE_CHECKING:
     from streamer.session import AnalysisSession
@@ -91,84 +106,6 @@ class DecisionPolicy:
     provisional: bool = True
     decisive: tuple[str, ...] = ("e0_half", "white_line_energy", "white_line_height")
     reuse_segmentation: bool = True
-
-
-@dataclass
-class EvaluationSnapshot:
-    """What the decide half needs from one evaluation of a run (the compute half's result).
-
-    ``attributes``, ``valid_pixels`` and ``labels`` are per-pixel and may be ``None`` on a
-    provisional snapshot that was slimmed for shipping (:meth:`slim`); the final one keeps them,
-    the campaign learns from them.
-    """
-
-    energy_index: int
-    final: bool
-    aborted: bool
-    shape: tuple[int, int]
-    energies_ev: np.ndarray
-    table: list[dict]
-    attributes: dict[str, np.ndarray] | None = None
-    valid_pixels: np.ndarray | None = None
-    labels: np.ndarray | None = None
-
-    def slim(self) -> EvaluationSnapshot:
-        """The same snapshot without per-pixel maps when it is provisional."""
-        if self.final:
-            return self
-        return replace(self, attributes=None, valid_pixels=None, labels=None)
-
-
-@dataclass
-class Evaluation:
-    """The result of one evaluation of a run (provisional or final), with its scores."""
-
-    energy_index: int
-    final: bool
-    energies_ev: np.ndarray
-    attributes: dict[str, np.ndarray] | None
-    valid_pixels: np.ndarray | None
-    labels: np.ndarray | None
-    table: list[dict]
-    scores: list[Any]
-
-    @classmethod
-    def from_snapshot(cls, snap: EvaluationSnapshot, scores: list[Any]) -> Evaluation:
-        return cls(
-            snap.energy_index,
-            snap.final,
-            snap.energies_ev,
-            snap.attributes,
-            snap.valid_pixels,
-            snap.labels,
-            snap.table,
-            scores,
-        )
-
-
-Step = tuple[str, Any]
-"""One step of a run's compute half: ``(kind, payload)``, see :class:`StepRecorder`."""
-
-
-class StepRecorder:
-    """A decider that only records the steps (compute on a worker, decide elsewhere).
-
-    Step kinds: ``"problem"`` ``{"message", "energy_index"}``, ``"dropped"``
-    ``{"role", "energy_index"}``, ``"abort"``
-    ``{"message", "quiet", "energy_index", "n_energies"}``,
-    ``"finalizing"`` ``{"n_energies_seen"}``, ``"evaluation"``
-    (an :class:`EvaluationSnapshot`, provisional ones slimmed), ``"end"`` ``{"exit_status",
-    "reason", "stop_time", "n_energies", "shifts_rms_px", "evaluated", "energy_index"}``.
-    """
-
-    def __init__(self, info: RunInfo) -> None:
-        self.info = info
-        self.steps: list[Step] = []
-
-    def __call__(self, kind: str, payload: Any) -> None:
-        if kind == "evaluation":
-            payload = payload.slim()
-        self.steps.append((kind, payload))
 
 
 class RunAnalysis:
@@ -309,6 +246,24 @@ class RunAnalysis:
             return
         self._next_eval_at = n_ready + self.policy.every
         self.evaluate(final=False, e0_ev=e0)
+        self._prepare(n_ready, e0)
+
+    def _prepare(self, n_ready: int, e0: float) -> None:
+        """Build the operators of the next evaluation's grid while the frames are coming in.
+
+        Only when the energies arrive in their planned order (the cube's grid is then the planned
+        one, and the next evaluation's grid is its first ``_next_eval_at`` energies); after the
+        last provisional evaluation, for the complete grid.
+        """
+        planned = self.cube.energies_
+        if self.field is None or not self.info.planned_energies_ev or n_ready > planned.size:
+            return
+        if not self.cube.ready_[:n_ready].all():
+            return
+        n_next = min(self._next_eval_at, planned.size)
+        self.field.prepare(planned[:n_next], e0_ev=e0)
+        if n_next < planned.size <= n_next + self.policy.every:
+            self.field.prepare(planned, e0_ev=self.policy.e0_hint_ev or e0)
 
     def snapshot(
         self, *, final: bool, aborted: bool = False, e0_ev: float | None = None

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamer.decisions import RunAlertBook, RunContext
-from streamer.run_analysis import Evaluation, EvaluationSnapshot, RunInfo, Step
+from streamer.run_analysis import RunInfo
+from streamer.run_steps import Evaluation, EvaluationSnapshot, Step
 
 if TYPE_CHECKING:
     from streamer.session import AnalysisSession
@@ -83,7 +84,7 @@ class RunDecider:
 
     # -- steps -------------------------------------------------------------------------------
     def __call__(self, kind: str, payload: Any) -> Any:
-        """Apply one step of the compute half (see :class:`~streamer.run_analysis.StepRecorder`)."""
+        """Apply one step of the compute half (see :class:`~streamer.run_steps.StepRecorder`)."""
         if self.finished:
             return None
         if kind == "evaluation":
