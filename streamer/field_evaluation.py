@@ -101,7 +101,7 @@ class FieldEvaluator:
         planned_energies_ev=None,
         n_threads: int = 2,
         reuse_segmentation: bool = True,
-        margin_px: int = 3,
+        margin_px: int = 2,
         max_mask_change: float = 0.1,
     ) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
@@ -116,7 +116,7 @@ class FieldEvaluator:
         self.n_reused_ = 0
         self.n_segmentations_ = 0
         self._threshold: float | None = None
-        self._segmented_edge_jump: np.ndarray | None = None  # (n_pixels,) the labels came from
+        self._segmented_level = 0.0  # median filtered edge jump of the particles segmented
         self._support: np.ndarray | None = None  # pixel indices: particles and their margin
 
     def evaluate(
@@ -207,11 +207,13 @@ class FieldEvaluator:
             labels = match_labels(self.labels_, labels)
         self.labels_ = labels
         self._threshold = threshold
-        self._segmented_edge_jump = edge_jump
         particles = labels > 0
         if self.margin_px > 0:
             particles = ndimage.binary_dilation(particles, iterations=self.margin_px)
         self._support = np.flatnonzero(particles.ravel())
+        inside = labels.ravel()[self._support] > 0
+        filtered = _median3x3_at(edge_jump, self._support, self.shape)
+        self._segmented_level = float(np.median(filtered[inside])) if inside.any() else 0.0
         return labels
 
     def _reusing(self, energies_ev, od, e0_ev, pixel_valid) -> FieldEvaluation | None:
@@ -237,8 +239,7 @@ class FieldEvaluator:
         if self._threshold is None or n_inside == 0:
             return 0.0
         new = _median3x3_at(edge_jump, support, self.shape)
-        old = _median3x3_at(self._segmented_edge_jump, support, self.shape)
-        ref = float(np.median(old[inside]))
+        ref = self._segmented_level
         scale = float(np.median(new[inside])) / ref if ref > 0 else 1.0
         with np.errstate(invalid="ignore"):
             above = new > scale * self._threshold
