@@ -28,7 +28,7 @@ import event_model
 
 from callbacks.dialects import detect_dialect
 from callbacks.handlers import HANDLER_REGISTRY
-from callbacks.process_backend import AnalysisProcess, handler_paths
+from callbacks.process_backend import AnalysisProcess, DocumentForwarder, handler_paths
 from callbacks.processor import XanesRunProcessor
 from callbacks.worker import AnalysisWorker, DocumentQueue
 from streamer.session import AnalysisSession
@@ -111,19 +111,6 @@ class _Forward:
 
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         self.queue.put(self.processor, name, doc, run_key=self.run_uid)
-
-
-class _ToProcess:
-    """The queue's target with ``backend="process"``: send each document to the child."""
-
-    __slots__ = ("depth", "process")
-
-    def __init__(self, process: AnalysisProcess, depth: Callable[[], float]) -> None:
-        self.process = process
-        self.depth = depth
-
-    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
-        self.process.send("doc", name, doc, self.depth())
 
 
 class XanesAnalyzer:
@@ -222,9 +209,7 @@ class XanesAnalyzer:
                 alerts, session, out_dir=out_dir, checkpoint=checkpoint, report=report,
                 max_queue_bytes=max_queue_bytes, nice=nice, session_options=session_options,
             )  # fmt: skip
-            depth = (lambda: 0.0) if self.block else (lambda: self.queue.depth)
-            self._send = _ToProcess(self._process, depth)
-            self.worker = AnalysisWorker(self.queue, name="txm-streamer-forward")
+            self.worker = self._forwarder = DocumentForwarder(self.queue, self._process)
         else:
             self.session = session or AnalysisSession(
                 alerts=alerts,
@@ -293,7 +278,7 @@ class XanesAnalyzer:
         """Take one document; never raises into the RunEngine."""
         try:
             if self._process is not None:
-                self.queue.put(self._send, name, doc, run_key=doc.get("descriptor", ""))
+                self._forwarder.put(name, doc, run_key=doc.get("descriptor", ""))
             elif name == "dropped":  # an event the RunEngine's process dropped (process backend)
                 self._route_dropped(doc)
             else:

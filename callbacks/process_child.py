@@ -2,10 +2,11 @@
 
 Started by :class:`callbacks.process_backend.AnalysisProcess` as
 ``python -m callbacks.process_child DOCS_ADDRESS REPLIES_ADDRESS``. It lowers its own scheduling
-priority (``nice``) before importing the analysis, receives ``[kind, name, doc, depth]`` messages
-(:mod:`streamer.wire`: msgpack, never pickle) on a 0MQ ``PULL`` socket, runs an ordinary
-in-process :class:`~callbacks.analyzer.XanesAnalyzer` on them and sends alerts and replies back
-on a ``PUSH`` socket. The first message holds the analyzer's options. Message kinds:
+priority (``nice``), receives ``[kind, name, doc, depth]`` messages on a 0MQ ``PULL`` socket
+(:func:`~callbacks.process_backend.encode_message`: msgpack and raw array frames, never pickle),
+runs an ordinary in-process :class:`~callbacks.analyzer.XanesAnalyzer` on them and sends alerts
+and replies back on a ``PUSH`` socket. The first message holds the analyzer's options.
+Message kinds:
 
 ``options`` (parent -> child, once)
     ``{"analyzer": {...}, "session": {...}, "nice": int}``; answered by ``ready``.
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import zmq
 
-    from streamer.wire import dumps, loads
+    from callbacks.process_backend import decode_message
+    from streamer.wire import dumps
 
     context = zmq.Context()
     docs = context.socket(zmq.PULL)
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     log.error("the RunEngine's process is gone: the analysis process exits")
                     return 1
                 continue
-            kind, name, doc, depth = loads(docs.recv())
+            kind, name, doc, depth = decode_message(docs.recv_multipart(copy=False))
             if kind == "doc":
                 analyzer.parent_depth = depth
                 analyzer(name, doc)

@@ -161,6 +161,20 @@ class DocumentQueue:
             self._cond.notify_all()  # room for a blocked producer
             return target, name, doc
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until an item is queued (without removing it); False after ``timeout`` seconds."""
+        with self._cond:
+            return self._cond.wait_for(lambda: bool(self._items), timeout=timeout)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def count_bypass(self) -> None:
+        """Count a document handed on directly, without waiting here (the queue was empty)."""
+        with self._cond:
+            self.stats.accepted += 1
+            self.stats.processed += 1
+
     def task_done(self) -> None:
         """Mark one item returned by :meth:`get` as processed."""
         with self._cond:
