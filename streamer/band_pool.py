@@ -40,13 +40,23 @@ class BandPool:
         Worker threads (1: everything runs on the calling thread).
     block_rows : int
         Rows per cache block; bands are whole blocks, and each scratch holds one block.
+    bands_per_thread : int
+        Bands per thread and frame: more bands let a thread that keeps its core take over the
+        work of one that loses it (on a shared machine), fewer cost fewer thread wake-ups.
     """
 
-    def __init__(self, shape: tuple[int, int], *, n_threads: int, block_rows: int) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        *,
+        n_threads: int,
+        block_rows: int,
+        bands_per_thread: int = 4,
+    ) -> None:
         self.shape, self.block_rows = shape, int(block_rows)
         n_blocks = -(-shape[0] // self.block_rows)
         self.n_threads = max(1, min(int(n_threads), n_blocks))
-        n_bands = 1 if self.n_threads == 1 else min(n_blocks, 4 * self.n_threads)
+        n_bands = 1 if self.n_threads == 1 else min(n_blocks, int(bands_per_thread) * self.n_threads)
         bounds = [
             min(shape[0], (n_blocks * i // n_bands) * self.block_rows) for i in range(n_bands + 1)
         ]
