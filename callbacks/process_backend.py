@@ -125,7 +125,7 @@ class AnalysisProcess:
     def send(self, kind: str, name: str, doc: Mapping[str, Any], depth: float = 0.0) -> None:
         """Send one message, waiting while 0MQ is full; raise if the child is gone."""
         frames = encode_message(kind, name, doc, depth)
-        while not self._docs.poll(200, zmq.POLLOUT):
+        while not (self.alive and self._docs.poll(200, zmq.POLLOUT)):
             if not self.alive or self._closed.is_set():
                 raise AnalysisProcessError(
                     f"the analysis process is gone (exit code {self.proc.poll()}): "
@@ -270,6 +270,10 @@ class DocumentForwarder(threading.Thread):
                 t0 = time.perf_counter()
                 try:
                     target(name, doc)
+                except AnalysisProcessError as err:
+                    self.queue.stats.errors += 1
+                    if self.queue.stats.errors == 1:  # once: the child is gone for good
+                        log.error("%s; further documents are counted, not logged", err)
                 except Exception:
                     self.queue.stats.errors += 1
                     log.exception("a %r document could not be sent to the analysis process", name)

@@ -150,12 +150,25 @@ def compute_run(
 
     def begin_run(info):
         recorders.append(StepRecorder(info))
-        return RunAnalysis(
+        analysis = RunAnalysis(
             info, policy=policy, decider=recorders[-1], attribute_threads=attribute_threads
         )
+        _limit_ingest_threads(analysis, attribute_threads)
+        return analysis
 
     with dask.config.set(scheduler="synchronous"):  # tiled's table reads, not the cluster
         return _compute_run(client, uid, method, begin_run, recorders)
+
+
+def _limit_ingest_threads(analysis: Any, n_threads: int) -> None:
+    """Give the run's cube the same thread budget as its attributes (before its first frame).
+
+    ``SpectralCube`` normalises frames on up to 2 threads by default; on a dask worker process
+    meant to use one core, those threads compete with the other workers' (measured: slower).
+    """
+    cube = getattr(analysis, "cube", None)
+    if cube is not None and hasattr(cube, "n_threads"):
+        cube.n_threads = max(1, int(n_threads))
 
 
 def _compute_run(client: Any, uid: str, method: str, begin_run: Any, recorders: list) -> tuple:
