@@ -56,7 +56,9 @@ class BandPool:
         self.shape, self.block_rows = shape, int(block_rows)
         n_blocks = -(-shape[0] // self.block_rows)
         self.n_threads = max(1, min(int(n_threads), n_blocks))
-        n_bands = 1 if self.n_threads == 1 else min(n_blocks, int(bands_per_thread) * self.n_threads)
+        n_bands = (
+            1 if self.n_threads == 1 else min(n_blocks, int(bands_per_thread) * self.n_threads)
+        )
         bounds = [
             min(shape[0], (n_blocks * i // n_bands) * self.block_rows) for i in range(n_bands + 1)
         ]

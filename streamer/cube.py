@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.cube_rows import CubeRows
+from streamer.cube_rows import CubeRows, UnplannedEnergyError
 from streamer.flatfield import Flat, FlatCache, monitor_value, resolve_method
 from streamer.frame_ingest import FrameIngest
 from streamer.registration import DriftTracker
@@ -74,10 +74,6 @@ logger = logging.getLogger(__name__)
 
 class FrameShapeError(ValueError):
     """A frame's shape differs from the run's frame shape."""
-
-
-class UnplannedEnergyError(ValueError):
-    """A sample's energy is not within tolerance of any planned energy."""
 
 
 @dataclass
@@ -124,9 +120,8 @@ class SpectralCube:
     block_rows : int
         Rows per cache block.
     prefault : bool
-        Commit the cube's memory when it is allocated (a run that does not fit fails at once,
-        and no frame pays for the first touch of its row: 1-2 ms per 16 MB row on bare metal,
-        up to 80 ms on a busy virtual machine) rather than row by row as frames arrive.
+        Commit the cube's memory when it is allocated, not row by row as frames arrive
+        (:class:`~streamer.cube_rows.CubeRows` says why).
 
     Attributes
     ----------
@@ -358,23 +353,16 @@ class SpectralCube:
 
     def _row_energy(self, energy: float) -> float:
         """The row energy a sample at ``energy`` belongs to (adds a row when growing)."""
-        i, distance = self._rows.nearest(energy)
-        if i >= 0 and distance <= self.energy_tolerance:
-            key = float(self._rows.energies[i])
-            if self._rows.ready[i] or key in self._pending:
-                self._warn("duplicate_energy", 1, "a second sample at %.2f eV replaces the first",
-                           energy)  # fmt: skip
-                self._pending.pop(key, None)
-                self._rows.ready[i] = False
-            return key
-        if self._rows.planned:
-            rows = self.energies_
-            raise UnplannedEnergyError(
-                f"{energy:.3f} eV is not within {self.energy_tolerance:.3f} eV of a planned energy"
-                f" ({rows[0]:.2f}..{rows[-1]:.2f} eV, {rows.size} points)"
+        n_rows = self._rows.n
+        i = self._rows.match(energy, self.energy_tolerance)
+        key = float(self._rows.energies[i])
+        if self._rows.n == n_rows and (self._rows.ready[i] or key in self._pending):
+            self._warn(
+                "duplicate_energy", 1, "a second sample at %.2f eV replaces the first", energy
             )
-        self._rows.insert(energy)
-        return energy
+            self._pending.pop(key, None)
+            self._rows.ready[i] = False
+        return key
 
     def _warn(self, kind: str, count: int, message: str, *args) -> None:
         """Count a warning; log the first of its kind (all are summarised at finalize)."""

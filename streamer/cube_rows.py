@@ -23,9 +23,13 @@ import time
 
 import numpy as np
 
-__all__ = ["CubeRows"]
+__all__ = ["CubeRows", "UnplannedEnergyError"]
 
 logger = logging.getLogger(__name__)
+
+
+class UnplannedEnergyError(ValueError):
+    """A sample's energy is not within tolerance of any planned energy."""
 
 
 class CubeRows:
@@ -86,6 +90,23 @@ class CubeRows:
             return -1, np.inf
         i = int(np.argmin(np.abs(rows - energy)))
         return i, float(abs(rows[i] - energy))
+
+    def match(self, energy: float, tolerance: float) -> int:
+        """The row of a sample measured at ``energy`` (eV).
+
+        The nearest row within ``tolerance``; else, growing, a new row; else (planned energies)
+        :class:`UnplannedEnergyError`.
+        """
+        i, distance = self.nearest(energy)
+        if i >= 0 and distance <= tolerance:
+            return i
+        if self.planned:
+            rows = self.energies[: self.n]
+            raise UnplannedEnergyError(
+                f"{energy:.3f} eV is not within {tolerance:.3f} eV of a planned energy"
+                f" ({rows[0]:.2f}..{rows[-1]:.2f} eV, {rows.size} points)"
+            )
+        return self.insert(energy)
 
     def insert(self, energy: float) -> int:
         """Add a row for ``energy`` at its sorted position (doubling capacity); returns it."""
