@@ -7,7 +7,8 @@
     (external HDF5 data, as at the beamline), with several planted anomalies per field. Reported
     unpaced (simulator flat out) and paced. Each decision also records where its time went: waiting
     in the analyzer's queue (``wait_s``), the evaluation (``evaluate_s``) and the socket
-    (``transport_s``).
+    (``transport_s``); the medians of the evaluations' durations are given over all of them, the
+    provisional ones (that decisions wait for) and the final ones.
 """
 
 from __future__ import annotations
@@ -115,8 +116,15 @@ class _EvaluationTimer:
         ]
         return max(hits) if hits else None
 
-    def durations(self) -> list[float]:
-        return [r["end"] - r["begin"] for r in self.records]
+    def durations(self, *, kind: str = "all") -> list[float]:
+        """Durations of the evaluations: ``"all"``, ``"provisional"`` (those that gave a result
+        before the end of the scan: the ones decisions wait for) or ``"final"``."""
+        keep = {
+            "all": lambda r: True,
+            "provisional": lambda r: r["energy_index"] is not None and not r["final"],
+            "final": lambda r: bool(r["final"]),
+        }[kind]
+        return [r["end"] - r["begin"] for r in self.records if keep(r)]
 
 
 def measure_latency(
@@ -200,9 +208,15 @@ def measure_latency(
         )
     lat = np.array([d["latency_s"] for d in decisions])
     durations = evaluations.durations()
+
+    def median(values: list[float]) -> float | None:
+        return round(float(np.median(values)), 3) if values else None
+
     return {
         "evaluations": len(durations),
-        "evaluate_median_s": round(float(np.median(durations)), 3) if durations else None,
+        "evaluate_median_s": median(durations),
+        "evaluate_provisional_median_s": median(evaluations.durations(kind="provisional")),
+        "evaluate_final_median_s": median(evaluations.durations(kind="final")),
         "decisions": decisions,
         "p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
         "p95": float(np.percentile(lat, 95)) if lat.size else float("nan"),
@@ -242,6 +256,8 @@ def run(*, quick: bool = False) -> dict[str, dict]:
             "scan_s": lat["scan_s"],
             "evaluations": lat["evaluations"],
             "evaluate_median_s": lat["evaluate_median_s"],
+            "evaluate_provisional_median_s": lat["evaluate_provisional_median_s"],
+            "evaluate_final_median_s": lat["evaluate_final_median_s"],
             "loadavg_1min_after": lat["loadavg_1min_after"],
             "analyzer": lat["analyzer"],
             "decisions": lat["decisions"],
