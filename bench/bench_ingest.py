@@ -18,9 +18,10 @@ Figures (all measured in one run, frame by frame, interleaved):
   the size of the float32 cube.
 
 The memory is measured in a second pass over the same scan, not in the timed one: tracemalloc
-hooks every allocation, including each numpy view, and took 7-11 ms per frame (a third of the
-time of a frame) when both were measured in one pass. The second pass's median time per frame is
-reported as ``median_ms_per_frame_under_tracemalloc``, so the instrument's cost stays visible.
+hooks every allocation, including each numpy view, and added 7-23 ms per frame (a third of the
+time of a frame or more) when both were measured in one pass. The second pass's median time per
+frame is reported as ``median_ms_per_frame_under_tracemalloc``, so the instrument's cost stays
+visible.
 
 Medians, because other processes share the two cores; the means are reported alongside, and so
 is the ratio of process CPU times (all threads), which a busy machine disturbs less: on an idle
