@@ -72,3 +72,17 @@ def test_dask_client_needs_exactly_one_of_workers_and_scheduler():
     with pytest.raises(ValueError, match="exactly one"):
         with dask_client():
             pass
+
+
+def test_decisions_run_with_the_client_threads_limit_and_it_is_restored():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
+    seen = []
+
+    def decide(i, result):
+        seen.extend(i["num_threads"] for i in threadpoolctl.threadpool_info())
+        return result
+
+    map_in_order(_Client(), pow, [(2, 3)], decide, client_threads=1)
+    assert all(n == 1 for n in seen)
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == before
