@@ -9,7 +9,7 @@ and replies back on a ``PUSH`` socket. The first message holds the analyzer's op
 Message kinds:
 
 ``options`` (parent -> child, once)
-    ``{"analyzer": {...}, "session": {...}, "nice": int}``; answered by ``ready``.
+    ``{"analyzer": {...}, "session": {...}, "nice": int or "idle"}``; answered by ``ready``.
 ``doc``
     A bluesky document, or a ``dropped`` marker of an event the parent's queue dropped; ``depth``
     is how full the parent's queue was when it was sent (the backlog the analysis degrades on).
@@ -34,12 +34,23 @@ POLL_MS = 500
 """How often the child checks that its parent is still alive while idle."""
 
 
-def lower_priority(nice: int) -> None:
-    """Add ``nice`` to this process's niceness (0: unchanged); failures are logged, not raised."""
-    if nice <= 0:
+def lower_priority(nice: int | str) -> None:
+    """Lower this process's scheduling priority: add ``nice`` (0: unchanged), or ``"idle"``.
+
+    ``"idle"`` is Linux's ``SCHED_IDLE`` policy: the process runs only on a core nothing else
+    wants (niceness 19 where that policy is missing). Failures are logged, not raised.
+    """
+    if nice == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError) as err:
+            log.warning("SCHED_IDLE is not available (%s): niceness 19 instead", err)
+            nice = 19
+    if int(nice) <= 0:
         return
     try:
-        os.nice(nice)
+        os.nice(int(nice))
     except OSError as err:
         log.warning("could not lower the analysis process's priority: %s", err)
 
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 analyzer.parent_depth = depth
                 analyzer(name, doc)
             elif kind == "options":
-                lower_priority(int(doc.get("nice", 0)))
+                lower_priority(doc.get("nice", 0))
                 analyzer = build_analyzer(doc, lambda alert: reply("alert", alert))
                 reply("ready", {"pid": os.getpid()})
             elif kind in ("flush", "close"):

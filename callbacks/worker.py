@@ -188,16 +188,23 @@ class DocumentQueue:
             return self._cond.wait_for(lambda: self._unfinished == 0, timeout=timeout)
 
 
-def lower_thread_priority(nice: int) -> None:
-    """Add ``nice`` to the calling thread's niceness (Linux: a thread is a task); log failures."""
+def lower_thread_priority(nice: int | str) -> None:
+    """Lower the calling thread's priority (Linux: a thread is a task); log failures.
+
+    ``nice``: added to the thread's niceness, or ``"idle"`` for the ``SCHED_IDLE`` policy (the
+    thread runs only on a core nothing else wants).
+    """
     if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
         log.info("thread priorities are not supported here: the analysis runs at normal priority")
         return
     tid = threading.get_native_id()
     try:
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(current + nice, 19))
-    except OSError as err:
+        if nice == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(current + int(nice), 19))
+    except (AttributeError, OSError) as err:
         log.warning("could not lower the analysis thread's priority: %s", err)
 
 
@@ -210,7 +217,11 @@ class AnalysisWorker(threading.Thread):
     """
 
     def __init__(
-        self, queue: DocumentQueue, *, name: str = "txm-streamer-analysis", nice: int = 0
+        self,
+        queue: DocumentQueue,
+        *,
+        name: str = "txm-streamer-analysis",
+        nice: int | str = 0,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self.queue = queue
@@ -219,7 +230,7 @@ class AnalysisWorker(threading.Thread):
         self.busy_seconds = 0.0
 
     def run(self) -> None:
-        if self.nice > 0:
+        if self.nice == "idle" or int(self.nice) > 0:
             lower_thread_priority(self.nice)
         while not (self._stop_requested.is_set() and self.queue.join(timeout=0)):
             item = self.queue.get(timeout=0.1)

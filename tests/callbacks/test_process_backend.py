@@ -91,6 +91,8 @@ def test_a_stuck_child_fills_the_queue_and_events_are_dropped_not_waited_for():
 def test_options_the_child_cannot_take_are_refused_before_it_starts():
     with pytest.raises(ValueError, match="backend must be"):
         XanesAnalyzer(backend="fork")
+    with pytest.raises(ValueError, match="nice must be"):
+        XanesAnalyzer(backend="process", nice=25)
     with pytest.raises(ValueError, match="cannot share a session"):
         XanesAnalyzer(backend="process", session=object())
 
@@ -137,3 +139,16 @@ def test_a_dead_child_never_reaches_the_run_engine(scan_docs, caplog):
     analyzer.close(timeout=10)
     stats = analyzer.stats
     assert stats["router_errors"] == 0 and stats["forward_errors"] > 0
+
+
+def test_a_dropped_marker_from_the_run_engine_process_reaches_its_run(scan_docs):
+    """What the child receives when the parent's queue dropped an event."""
+    docs = list(scan_docs)
+    k, (_, lost) = next((i, d) for i, d in enumerate(docs) if d[0] == "event" and i > 20)
+    marker = {"name": "event", "doc_uid": lost["uid"], "seq_num": lost["seq_num"]}
+    docs[k] = ("dropped", {**marker, "descriptor": lost["descriptor"], "nbytes": 0})
+    _, stats, alerts = _analyse(docs, backend="thread")
+    assert stats["router_errors"] == stats["worker_errors"] == 0
+    assert any(a.get("subject") == "check:dropped_frames" for a in alerts) or any(
+        "dropped" in a["message"] for a in alerts if a["kind"] == "data_quality"
+    )

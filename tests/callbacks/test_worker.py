@@ -78,3 +78,18 @@ def test_put_never_blocks_when_consumer_is_stuck():
     gate.set()
     assert q.join(timeout=10)
     worker.stop(timeout=10)
+
+
+def test_the_analysis_thread_can_run_at_idle_priority():
+    import os
+
+    q = DocumentQueue()
+    r = Recorder()
+    seen = []
+    worker = AnalysisWorker(q, nice="idle")
+    worker.start()
+    q.put(lambda name, doc: seen.append(os.sched_getscheduler(0)), "start", {})
+    q.put(r, "stop", {})
+    assert q.join(10)
+    worker.stop(10)
+    assert seen == [os.SCHED_IDLE] and [n for n, _ in r.seen] == ["stop"]
