@@ -30,6 +30,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+RECEIVE_HWM = 4
+"""Messages allowed to wait in 0MQ on this side (the parent's ``SEND_HWM`` is the other)."""
 POLL_MS = 500
 """How often the child checks that its parent is still alive while idle."""
 
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     context = zmq.Context()
     docs = context.socket(zmq.PULL)
+    docs.setsockopt(zmq.RCVHWM, RECEIVE_HWM)  # a backlog waits in the parent's bounded queue
     docs.connect(docs_address)
     replies = context.socket(zmq.PUSH)
     replies.setsockopt(zmq.LINGER, 5000)
