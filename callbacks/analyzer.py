@@ -20,13 +20,13 @@ documents (:mod:`callbacks.process_backend`) and hands the alerts that come back
 
 Which backend, measured (``bench/bench_live.py``, the same 256x256 x 106-energy scan with and
 without the analyzer, 2 cores shared with other work, load 1-2): with the simulator computing
-frames on the RunEngine's thread flat out, the scan takes 1.25-1.40x as long with
+frames on the RunEngine's thread flat out, the scan takes 1.23-1.40x as long with
 ``backend="thread"`` (the GIL: ``nice`` and one BLAS thread did not help), 1.07-1.23x with
-``"process"`` at niceness 10 and 1.01-1.13x with ``"process"`` at ``nice="idle"`` (medians of
-5-6 scans; 1.09-1.24x through a bluesky 0MQ proxy to another process); with 0.1 s of detector
-time per trigger, 1.027x (thread) and 1.010x (process). Hence ``"process"`` with ``"idle"``
-for a RunEngine in the same process. In-band msgpack of the frames alone had cost the forwarding
-thread 0.27 s of GIL per scan; they now travel as zero-copy 0MQ frames.
+``"process"`` at niceness 10 and 0.94-1.13x with ``"process"`` at ``nice="idle"`` (medians of
+5-6 scans; 0.96-1.24x through a bluesky 0MQ proxy to another process); with 0.1 s of detector
+time per trigger, 1.022-1.027x (thread) and 1.000-1.010x (process). Hence ``"process"`` with
+``"idle"`` for a RunEngine in the same process. In-band msgpack of the frames alone had cost the
+forwarding thread 0.27 s of GIL per scan; they now travel as zero-copy 0MQ frames.
 """
 
 from __future__ import annotations
