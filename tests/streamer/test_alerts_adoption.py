@@ -13,6 +13,7 @@ from streamer.alerts import (
     make_alert,
     read_alert_log,
 )
+from tests.streamer.alert_support import rebind_publisher
 
 ANY_PORT = "tcp://127.0.0.1:*"
 BOUND = 20.0  # upper bound on any wait; the tests go on as soon as the condition holds
@@ -120,8 +121,6 @@ def test_a_subscriber_joining_before_any_new_alert_learns_the_adopted_ones(earli
 
 
 def test_a_subscriber_living_across_the_restart_is_not_shown_adopted_alerts_twice():
-    import zmq
-
     first = AlertPublisher(ANY_PORT, heartbeat_interval=0.1)
     endpoint = first.endpoint
     sub = AlertSubscriber(endpoint, heartbeat_timeout=5.0)
@@ -130,14 +129,7 @@ def test_a_subscriber_living_across_the_restart_is_not_shown_adopted_alerts_twic
         assert [a["seq"] for a in receive(sub, 2)] == [1, 2]
         firing = first.firing
         first.close()
-        second = None
-        deadline = time.monotonic() + BOUND
-        while second is None:  # the port is free again once the old listener has closed
-            try:
-                second = AlertPublisher(endpoint, heartbeat_interval=0.1)
-            except zmq.ZMQError:
-                assert time.monotonic() < deadline, "could not rebind the publisher port"
-                time.sleep(0.01)
+        second = rebind_publisher(endpoint, heartbeat_interval=0.1)
         with second:
             second.adopt(firing)
 

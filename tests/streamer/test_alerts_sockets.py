@@ -19,6 +19,7 @@ from streamer.alerts import (
     validate_alert,
 )
 from streamer.alerts.heartbeat import make_heartbeat
+from tests.streamer.alert_support import rebind_publisher
 
 ANY_PORT = "tcp://127.0.0.1:*"
 BOUND = 20.0  # generous upper bound on any wait; tests finish as soon as the condition holds
@@ -123,14 +124,7 @@ def test_subscriber_detects_publisher_restart_and_resynchronises(tmp_path):
         assert receive(sub, 1)[0]["epoch"] == first.epoch
         old_epoch = first.epoch
         first.close()
-        second = None
-        deadline = time.monotonic() + BOUND
-        while second is None:  # the port is free again once the old listener has closed
-            try:
-                second = AlertPublisher(endpoint, heartbeat_interval=0.1)
-            except zmq.ZMQError:
-                assert time.monotonic() < deadline, "could not rebind the publisher port"
-                time.sleep(0.01)
+        second = rebind_publisher(endpoint, heartbeat_interval=0.1)
         with second:
             second.publish(particle(2))
             [alert] = receive(sub, 1)
