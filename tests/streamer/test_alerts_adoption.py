@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from streamer.alerts import (
@@ -13,35 +11,15 @@ from streamer.alerts import (
     make_alert,
     read_alert_log,
 )
-from tests.streamer.alert_support import rebind_publisher
+from tests.streamer.alert_support import rebind_publisher, receive, wait_until
 
 ANY_PORT = "tcp://127.0.0.1:*"
-BOUND = 20.0  # upper bound on any wait; the tests go on as soon as the condition holds
 
 
 def particle(pid, **fields):
     base = {"run_uid": "r1", "scan_id": 2, "particle": {"id": pid}, "score": 5.0,
             "threshold": 3.0, "energy_index": 10, "n_energies": 53}  # fmt: skip
     return make_alert("anomalous_particle", **{**base, **fields})
-
-
-def wait_until(predicate, what):
-    deadline = time.monotonic() + BOUND
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)  # polling interval, not synchronisation
-
-
-def receive(sub, n):
-    deadline = time.monotonic() + BOUND
-    got = []
-    while len(got) < n:
-        alert = sub.recv(timeout=max(0.0, deadline - time.monotonic()))
-        if alert is None:
-            pytest.fail(f"received {len(got)} of {n} alerts")
-        got.append(alert)
-    return got
 
 
 @pytest.fixture

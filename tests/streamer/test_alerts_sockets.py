@@ -19,29 +19,9 @@ from streamer.alerts import (
     validate_alert,
 )
 from streamer.alerts.heartbeat import make_heartbeat
-from tests.streamer.alert_support import rebind_publisher
+from tests.streamer.alert_support import BOUND, rebind_publisher, receive, wait_until
 
 ANY_PORT = "tcp://127.0.0.1:*"
-BOUND = 20.0  # generous upper bound on any wait; tests finish as soon as the condition holds
-
-
-def wait_until(predicate, *, timeout=BOUND, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)  # polling interval, not synchronisation
-
-
-def receive(subscriber, n, *, timeout=BOUND):
-    deadline = time.monotonic() + timeout
-    got = []
-    while len(got) < n:
-        alert = subscriber.recv(timeout=max(0.0, deadline - time.monotonic()))
-        if alert is None:
-            pytest.fail(f"received {len(got)} of {n} alerts: {[a['message'] for a in got]}")
-        got.append(alert)
-    return got
 
 
 def particle(pid, *, run="run-1", score=5.0, **fields):
