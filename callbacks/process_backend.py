@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from callbacks.worker import DocumentQueue
+from callbacks.worker import DocumentQueue, QueueThread
 from streamer.wire import dumps, loads
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class AnalysisProcess:
         self._context.term()
 
 
-class DocumentForwarder(threading.Thread):
+class DocumentForwarder(QueueThread):
     """Hands documents to an :class:`AnalysisProcess`, from the caller's thread when it can.
 
     :meth:`put`, on the RunEngine's thread, sends a document straight away when nothing waits in
@@ -233,12 +233,9 @@ class DocumentForwarder(threading.Thread):
     def __init__(
         self, queue: DocumentQueue, process: AnalysisProcess, *, name: str = "txm-streamer-forward"
     ) -> None:
-        super().__init__(name=name, daemon=True)
-        self.queue = queue
+        super().__init__(queue, name=name)
         self.process = process
-        self.busy_seconds = 0.0
         self._lock = threading.Lock()
-        self._stop_requested = threading.Event()
 
     def depth(self) -> float:
         """The backlog the child's analysis degrades on (0 when blocking: replay)."""
@@ -259,32 +256,24 @@ class DocumentForwarder(threading.Thread):
         self.process.send("doc", name, doc, self.depth())
 
     def run(self) -> None:
-        while not (self._stop_requested.is_set() and self.queue.join(timeout=0)):
+        while not self._stopping():
             if not self.queue.wait(timeout=0.1):
                 continue
             with self._lock:
                 item = self.queue.get(timeout=0)
-                if item is None:
-                    continue
-                target, name, doc = item
-                t0 = time.perf_counter()
-                try:
-                    target(name, doc)
-                except AnalysisProcessError as err:
-                    self.queue.stats.errors += 1
-                    if self.queue.stats.errors == 1:  # once: the child is gone for good
-                        log.error("%s; further documents are counted, not logged", err)
-                except Exception:
-                    self.queue.stats.errors += 1
-                    log.exception("a %r document could not be sent to the analysis process", name)
-                finally:
-                    self.busy_seconds += time.perf_counter() - t0
-                    self.queue.task_done()
+                if item is not None:
+                    self._handle(item)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Send what is queued, then end the thread."""
-        self._stop_requested.set()
-        self.join(timeout)
+    def _call(self, target: Callable, name: str, doc: Mapping[str, Any]) -> None:
+        try:
+            target(name, doc)
+        except AnalysisProcessError as err:
+            self.queue.stats.errors += 1
+            if self.queue.stats.errors == 1:  # once: the child is gone for good
+                log.error("%s; further documents are counted, not logged", err)
+        except Exception:
+            self.queue.stats.errors += 1
+            log.exception("a %r document could not be sent to the analysis process", name)
 
 
 def handler_paths(registry: Mapping[str, Any]) -> dict[str, str]:

@@ -208,7 +208,42 @@ def lower_thread_priority(nice: int | str) -> None:
         log.warning("could not lower the analysis thread's priority: %s", err)
 
 
-class AnalysisWorker(threading.Thread):
+class QueueThread(threading.Thread):
+    """A daemon thread that handles the ``(target, name, doc)`` items of a :class:`DocumentQueue`.
+
+    It runs until :meth:`stop` is called and the queue is drained. Each item is handed to
+    :meth:`_call` (what a subclass does with it), timed into ``busy_seconds`` and marked done,
+    whatever happens inside.
+    """
+
+    def __init__(self, queue: DocumentQueue, *, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.queue = queue
+        self.busy_seconds = 0.0
+        self._stop_requested = threading.Event()
+
+    def _stopping(self) -> bool:
+        return self._stop_requested.is_set() and self.queue.join(timeout=0)
+
+    def _handle(self, item: tuple) -> None:
+        target, name, doc = item
+        t0 = time.perf_counter()
+        try:
+            self._call(target, name, doc)
+        finally:
+            self.busy_seconds += time.perf_counter() - t0
+            self.queue.task_done()
+
+    def _call(self, target: Callable, name: str, doc: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Handle what is queued, then end the thread."""
+        self._stop_requested.set()
+        self.join(timeout)
+
+
+class AnalysisWorker(QueueThread):
     """The one thread that runs the analysis, so the RunEngine's thread only enqueues.
 
     Each item's target is called in order. An exception in a target is logged with its traceback,
@@ -223,37 +258,26 @@ class AnalysisWorker(threading.Thread):
         name: str = "txm-streamer-analysis",
         nice: int | str = 0,
     ) -> None:
-        super().__init__(name=name, daemon=True)
-        self.queue = queue
+        super().__init__(queue, name=name)
         self.nice = nice
-        self._stop_requested = threading.Event()
-        self.busy_seconds = 0.0
 
     def run(self) -> None:
         if self.nice == "idle" or int(self.nice) > 0:
             lower_thread_priority(self.nice)
-        while not (self._stop_requested.is_set() and self.queue.join(timeout=0)):
+        while not self._stopping():
             item = self.queue.get(timeout=0.1)
-            if item is None:
-                continue
-            target, name, doc = item
-            t0 = time.perf_counter()
-            try:
-                target(name, doc)
-            except Exception as exc:
-                self.queue.stats.errors += 1
-                log.exception("analysis of a %r document failed", name)
-                fail = getattr(target, "fail", None)
-                if fail is not None:
-                    try:
-                        fail(exc)
-                    except Exception:
-                        log.exception("reporting the failure of %r also failed", target)
-            finally:
-                self.busy_seconds += time.perf_counter() - t0
-                self.queue.task_done()
+            if item is not None:
+                self._handle(item)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then end the thread."""
-        self._stop_requested.set()
-        self.join(timeout)
+    def _call(self, target: Callable, name: str, doc: Mapping[str, Any]) -> None:
+        try:
+            target(name, doc)
+        except Exception as exc:
+            self.queue.stats.errors += 1
+            log.exception("analysis of a %r document failed", name)
+            fail = getattr(target, "fail", None)
+            if fail is not None:
+                try:
+                    fail(exc)
+                except Exception:
+                    log.exception("reporting the failure of %r also failed", target)
