@@ -263,8 +263,8 @@ class XanesAnalyzer:
             "report": options["report"],
             "max_queue_bytes": options["max_queue_bytes"],
         }
-        payload = {"analyzer": analyzer, "session": session_options, "nice": options["nice"]}
-        return AnalysisProcess(payload, alerts=alerts)
+        payload = {"analyzer": analyzer, "session": session_options}
+        return AnalysisProcess(payload, alerts=alerts, nice=options["nice"])
 
     def _factory(self, name: str, start: Mapping[str, Any]) -> tuple[list, list]:
         dialect = detect_dialect(start)

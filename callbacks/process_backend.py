@@ -57,13 +57,16 @@ class AnalysisProcess:
     Parameters
     ----------
     options
-        The ``options`` message of :mod:`callbacks.process_child` (analyzer and session options,
-        ``nice``), JSON-like.
+        The ``options`` message of :mod:`callbacks.process_child` (analyzer and session options),
+        JSON-like.
     alerts
         Called with each alert dict the child sends (on this object's receiving thread); its
         exceptions are logged and counted in :attr:`sink_errors`.
     start_timeout
         Seconds to wait for the child to import the analysis and answer.
+    nice
+        The child's scheduling priority below this process's: a niceness increment or
+        ``"idle"`` (``SCHED_IDLE``), applied by the child before it starts any thread.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class AnalysisProcess:
         *,
         alerts: Callable[[dict], Any] | None = None,
         start_timeout: float = 120.0,
+        nice: int | str = 0,
     ) -> None:
         self.alerts = alerts
         self.sink_errors = 0
@@ -92,6 +96,7 @@ class AnalysisProcess:
                 "callbacks.process_child",
                 f"tcp://127.0.0.1:{docs_port}",
                 f"tcp://127.0.0.1:{replies_port}",
+                str(nice),
             ],
             env=env,
             stdin=subprocess.DEVNULL,

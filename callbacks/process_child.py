@@ -1,15 +1,18 @@
 """The analysis process of ``XanesAnalyzer(backend="process")``: the child's side of the link.
 
 Started by :class:`callbacks.process_backend.AnalysisProcess` as
-``python -m callbacks.process_child DOCS_ADDRESS REPLIES_ADDRESS``. It lowers its own scheduling
-priority (``nice``), receives ``[kind, name, doc, depth]`` messages on a 0MQ ``PULL`` socket
+``python -m callbacks.process_child DOCS_ADDRESS REPLIES_ADDRESS [NICE]``. It first lowers its
+scheduling priority (``NICE``: a niceness increment, or ``idle``), before it starts any thread
+(Linux applies a niceness or a policy per thread, and new threads inherit it, so 0MQ's I/O thread
+and the analysis threads all run at the lowered priority). Then it receives
+``[kind, name, doc, depth]`` messages on a 0MQ ``PULL`` socket
 (:func:`~callbacks.process_backend.encode_message`: msgpack and raw array frames, never pickle),
 runs an ordinary in-process :class:`~callbacks.analyzer.XanesAnalyzer` on them and sends alerts
 and replies back on a ``PUSH`` socket. The first message holds the analyzer's options.
 Message kinds:
 
 ``options`` (parent -> child, once)
-    ``{"analyzer": {...}, "session": {...}, "nice": int or "idle"}``; answered by ``ready``.
+    ``{"analyzer": {...}, "session": {...}}``; answered by ``ready``.
 ``doc``
     A bluesky document, or a ``dropped`` marker of an event the parent's queue dropped; ``depth``
     is how full the parent's queue was when it was sent (the backlog the analysis degrades on).
@@ -93,8 +96,11 @@ def build_analyzer(options: dict[str, Any], send_alert: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the analysis process (see the module docstring); return the exit status."""
-    docs_address, replies_address = (argv if argv is not None else sys.argv[1:])[:2]
+    args = list(argv if argv is not None else sys.argv[1:])
+    docs_address, replies_address = args[:2]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if len(args) > 2:  # before any thread starts: they all inherit it
+        lower_priority(args[2] if args[2] == "idle" else int(args[2]))
     import zmq
 
     from callbacks.process_backend import decode_message
@@ -127,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
                 analyzer.parent_depth = depth
                 analyzer(name, doc)
             elif kind == "options":
-                lower_priority(doc.get("nice", 0))
                 analyzer = build_analyzer(doc, lambda alert: reply("alert", alert))
                 reply("ready", {"pid": os.getpid()})
             elif kind in ("flush", "close"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,6 +129,19 @@ def test_the_child_analyses_like_the_thread_and_its_alerts_come_back(scan_docs):
     assert particles == [(a.get("particle") or {}).get("id") for a in thread_alerts]
     assert stats["processed"] == len(scan_docs) and stats["dropped_events"] == 0
     assert stats["worker_errors"] == stats["forward_errors"] == stats["router_errors"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_every_thread_of_the_child_runs_at_idle_priority(scan_docs):
+    """Linux sets a policy per thread: 0MQ's I/O threads must not run at the RunEngine's."""
+    with XanesAnalyzer(alerts=None, report=False, backend="process", nice="idle") as analyzer:
+        for name, doc in scan_docs[:10]:
+            analyzer(name, doc)
+        assert analyzer.flush(timeout=60)
+        tasks = Path(f"/proc/{analyzer._process.proc.pid}/task")
+        policies = {int(t.name): os.sched_getscheduler(int(t.name)) for t in tasks.iterdir()}
+    assert len(policies) >= 3  # main, 0MQ I/O, analysis
+    assert set(policies.values()) == {os.SCHED_IDLE}, policies
 
 
 def test_a_dead_child_never_reaches_the_run_engine(scan_docs, caplog):
