@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "CatalogUnreadableError",
     "RunNotFoundError",
     "RunSummary",
+    "catalog_directory",
     "connect",
     "list_runs",
     "lookup_run",
@@ -263,7 +265,29 @@ def _open(layout: CatalogLayout, *, exists: bool, readable_storage: Iterable[str
         context = Context.from_app(app)
     client = from_context(context)
     len(client)  # one real query: fails here, not later, on a corrupt database
+    _EMBEDDED[context] = layout.directory
     return client
+
+
+#: Directory of each embedded catalog opened in this process, by its client's context.
+_EMBEDDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def catalog_directory(catalog) -> Path | None:
+    """The directory of an embedded catalog (a directory, or a client :func:`open_catalog` made).
+
+    None for a tiled server's URL or client, or a directory without a catalog.
+    """
+    if isinstance(catalog, (str, Path)):
+        if str(catalog).startswith(("http://", "https://")):
+            return None
+        directory = Path(catalog).expanduser().resolve()
+        return directory if (directory / CATALOG_DB).is_file() else None
+    context = getattr(catalog, "context", None)
+    try:
+        return _EMBEDDED.get(context)
+    except TypeError:  # not weak-referenceable: not one of ours
+        return None
 
 
 def connect(catalog, *, create: bool = False, api_key: str | None = None, **kwargs):

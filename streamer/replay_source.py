@@ -318,7 +318,8 @@ def replay_documents(
     progress : bool or callable, optional
         ``True`` for a tqdm progress bar with ETA, or ``progress(n_done, n_total)``.
     direct : bool
-        For ``"arrays"``: read local zarr/HDF5/npy files directly.
+        For ``"arrays"``: read local zarr/HDF5/npy files directly and, for an embedded catalog,
+        the run's layout from its SQLite file (:mod:`streamer.catalog_sqlite`; no requests).
 
     Raises
     ------
@@ -329,7 +330,14 @@ def replay_documents(
     ReplayError
         If the run's data cannot be read.
     """
-    run = lookup_run(catalog, uid)
+    run = None
+    if method == "arrays" and direct:
+        from .catalog_sqlite import run_index
+
+        index = run_index(catalog)
+        run = index.run(uid) if index is not None else None
+    if run is None:
+        run = lookup_run(catalog, uid)
     if method == "arrays":
         return documents_from_arrays(run, progress=progress, direct=direct)
     if method == "export":

@@ -25,6 +25,7 @@ from streamer.catalog import (
     open_catalog,
     run_start,
 )
+from streamer.catalog_sqlite import run_index
 from streamer.replay_source import (
     count_events,
     documents_from_arrays,
@@ -214,6 +215,48 @@ def test_scalar_run_replays_both_ways(archived):
     _assert_same_documents(fast, slow)
     with pytest.raises(ValueError, match="method"):
         replay_documents(archived["client"], archived["scalar"], method="bogus")
+
+
+def test_sqlite_layout_gives_the_same_documents_as_the_client(archived):
+    index = run_index(archived["client"])
+    assert index is not None and run_index(archived["dir"]) is index  # one per directory
+    for uid in (archived["xanes"], archived["scalar"]):
+        direct = index.run(uid)
+        assert direct is not None
+        _assert_same_documents(
+            list(documents_from_arrays(direct)),
+            list(documents_from_arrays(lookup_run(archived["client"], uid))),
+        )
+    # inline zarr and external npy frames: read from their files; forced through the client too
+    parts = index.run(archived["xanes"])["primary"].base
+    assert ArrayRows(parts["cam"]).direct and ArrayRows(parts["ext"]).direct
+    np.testing.assert_array_equal(
+        ArrayRows(parts["cam"], direct=False).rows(0, 2), ArrayRows(parts["cam"]).rows(0, 2)
+    )
+    assert index.run(archived["xanes"][:8]) is None  # partial uid: the client resolves it
+    assert index.run("no-such-run") is None
+
+
+def test_unknown_catalog_schema_falls_back_to_the_client(archived, tmp_path, caplog, monkeypatch):
+    import shutil
+
+    import streamer.catalog_sqlite
+
+    copy = tmp_path / "cat"
+    shutil.copytree(archived["dir"], copy)
+    # a tiled upgrade whose catalog schema this reader does not know yet
+    monkeypatch.setattr(streamer.catalog_sqlite, "KNOWN_REVISIONS", frozenset({"newer"}))
+    client = open_catalog(copy, create=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamer.catalog_sqlite"):
+            assert run_index(client) is None
+        assert "this reader knows ['newer']" in caplog.text
+        docs = list(replay_documents(client, archived["xanes"]))  # through the client
+        expected = documents_from_arrays(lookup_run(archived["client"], archived["xanes"]))
+        _assert_same_documents(docs, list(expected))
+    finally:
+        client.context.close()
+    assert run_index("http://127.0.0.1:1/api") is None  # a server: always the client
 
 
 def test_progress_is_reported_per_event(archived):
