@@ -186,12 +186,18 @@ def documents_from_arrays(
                 event["filled"] = filled
             yield "event", event
             bar.step()
+        for _, _, arrays in streams.values():  # before the stop: the next run may start
+            for rows in arrays.values():
+                rows.close()
         stop = metadata.get("stop")
         if stop:
             yield "stop", plain(stop)
         else:
             logger.warning("run %s has no stop document (incomplete run)", start["uid"])
     finally:
+        for _, _, arrays in streams.values():
+            for rows in arrays.values():
+                rows.close()
         bar.close()
 
 
