@@ -79,6 +79,7 @@ class _EvaluationLog:
                     {
                         "energy_index": ev.energy_index,
                         "final": ev.final,
+                        "early": getattr(ev, "early", False),
                         "scores": {int(s.id): s for s in ev.scores},
                         "table": {int(r["id"]): r for r in ev.table},
                     }
@@ -215,8 +216,36 @@ def run_setting(name: str, *, seeds, n_fovs: int, size: int) -> dict[str, Any]:
         if totals["found"]
         else float("nan"),
         "decision_index_median": float(np.median(decisions)) if decisions else None,
+        "early_margin": _early_margin(per_seed),
         "totals": totals,
         "per_seed": per_seed,
+    }
+
+
+def _early_margin(per_seed: list[dict]) -> dict[str, Any]:
+    """Highest early score of a normal particle and lowest of a planted one (covering >= half)."""
+    normal = [
+        x["early"]
+        for r in per_seed
+        for x in r["particle_scores"]
+        if x["truth_kind"] == "normal" and x.get("early") is not None
+    ]
+    planted = []
+    for r in per_seed:
+        for p in r["planted"]:
+            values = [
+                d["early"]
+                for d in p["detected"]
+                if d["covers_fraction"] >= 0.5 and d.get("early") is not None
+            ]
+            planted.append(max(values) if values else None)
+    scored = [v for v in planted if v is not None]
+    return {
+        "normal_max": max(normal) if normal else None,
+        "normal_p99": float(np.percentile(normal, 99)) if normal else None,
+        "n_normal": len(normal),
+        "planted_min": min(scored) if scored else None,
+        "planted_without_early_score": len(planted) - len(scored),
     }
 
 
@@ -224,20 +253,23 @@ def threshold_sweep(scores: list[dict], *, planted: list[dict]) -> list[dict]:
     """Recall and false alerts per 100 normal particles if the threshold were another.
 
     ``final``: the score on the complete scan (what stays flagged); ``max``: the highest score of
-    any evaluation (what ever alerted). A planted anomaly counts as found at a threshold when a
+    any evaluation (what ever alerted); ``early``: the score of the early evaluation (what an
+    early threshold would alert on). A planted anomaly counts as found at a threshold when a
     detected particle covering at least half of it scores above it.
     """
     normal = [x for x in scores if x["truth_kind"] == "normal"]
     rows = []
-    for t in (3.0, 3.5, 4.0, 4.5, 5.0):
+    for t in (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0):
         row = {"threshold": t}
-        for key in ("final", "max"):
+        for key in ("final", "max", "early"):
             false = sum((x[key] or 0.0) > t for x in normal)
             found = 0
             for p in planted:
                 covering = [d for d in p["detected"] if d["covers_fraction"] >= 0.5]
                 if key == "final":
                     values = [d["final"]["score"] for d in covering if d["final"]]
+                elif key == "early":
+                    values = [d["early"] for d in covering if d.get("early") is not None]
                 else:
                     values = [h[1] for d in covering for h in d["score_history"]]
                 found += any(v > t for v in values)
@@ -306,6 +338,7 @@ def figures_of(res: dict[str, Any]) -> dict[str, dict]:
             "found": t["found"],
             "early_right_kind_fraction": round(res["early_right_kind_fraction"], 4),
             "decision_index_median": res["decision_index_median"],
+            "early_margin": res["early_margin"],
             **where,
         },
     }

@@ -99,6 +99,7 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
                         "covers_fraction": frac,
                         "final": _score_brief(final["scores"].get(pid)) if final else None,
                         "score_history": history,
+                        "early": _early_score(evs, pid),
                     }
                 )
             if tid in s.decision_index:
@@ -139,6 +140,7 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
                     "truth_kind": truth_particles.get(main, {}).get("kind", "background"),
                     "final": history[-1] if final and final["final"] and history else None,
                     "max": max(history) if history else None,
+                    "early": _early_score(evs, pid),
                 }
             )
         retracted = [pid for (uid, pid) in fired if uid == s.run_uid and pid not in summary.flagged]
@@ -200,6 +202,14 @@ def _fraction(numerator_mask: np.ndarray, within: np.ndarray) -> float | None:
     """Fraction of the ``within`` pixels that are set in ``numerator_mask``."""
     n = int(within.sum())
     return round(float((numerator_mask & within).sum()) / n, 3) if n else None
+
+
+def _early_score(evaluations: list[dict], pid: int) -> float | None:
+    """The score of particle ``pid`` in the run's early evaluation (``None``: none, or absent)."""
+    for e in evaluations:
+        if e.get("early") and pid in e["scores"]:
+            return round(float(e["scores"][pid].score), 2)
+    return None
 
 
 def _score_at(evaluations: list[dict], pid: int, energy_index: int | None) -> Any:

@@ -113,6 +113,10 @@ class AttributeResult:
     #: ``name -> count`` of pixels whose feature lies on the edge of its search window (no
     #: maximum, or no half-jump crossing, inside it): the value is then the window limit.
     at_window_edge: dict[str, int] = field(default_factory=dict)
+    #: ``name -> bool``: the value is *early-valid* (:mod:`streamer.provisional`): determined on
+    #: the fixed early reference while the post-edge window is still short (attributes that do
+    #: not need the edge jump: as ``valid``).
+    early_valid: dict[str, bool] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -172,7 +176,8 @@ def compute_attributes(
     AttributeResult
         ``provisional`` is True if a planned energy is missing, or while the post-edge window has
         too few points and the provisional flat post-edge is used (then the attributes that
-        depend on the edge jump are not ``valid``, though their provisional values are given).
+        depend on the edge jump are not ``valid``, though their provisional values are given;
+        ``early_valid`` says which are determined on the fixed early reference).
 
     Examples
     --------
@@ -269,20 +274,34 @@ def _compute(
 
 
 def _validity(plan, e, names, ref_names, planned):
-    """Which attributes the energies ``e`` determine under ``plan`` (see :func:`_finish`)."""
-    windows = plan.normalization.windows
+    """Which attributes the energies ``e`` determine under ``plan`` (see :func:`_finish`):
+    ``(valid, requirements, provisional, early_valid)``."""
+    norm = plan.normalization
+    windows = norm.windows
     requirements = attribute_requirements(plan.e0_ev, windows=windows, references=ref_names)
     valid = attribute_validity(e, requirements, planned_energies_ev=planned)
     missing = 0
     if planned is not None:
         missing = np.setdiff1d(np.round(np.asarray(planned, float), 3), np.round(e, 3)).size
     # the provisional flat post-edge is a placeholder, unless the planned grid has no more
-    flat_placeholder = plan.normalization.provisional and (planned is None or missing > 0)
+    flat_placeholder = norm.provisional and (planned is None or missing > 0)
+    early = dict(valid)
+    if flat_placeholder and plan.can_normalize and norm.early_reference_complete:
+        early_req = attribute_requirements(
+            plan.e0_ev, windows=windows, references=ref_names, early=True
+        )
+        covered = attribute_validity(e, early_req, planned_energies_ev=planned)
+        early.update({k: v for k, v in covered.items() if k in NEEDS_NORMALIZATION})
+    else:
+        early.update(dict.fromkeys(NEEDS_NORMALIZATION, False))
+    for name in names:
+        if name.startswith("frac_"):
+            early[name] = False
     if not plan.can_normalize or flat_placeholder:
         for name in names:
             if name in NEEDS_NORMALIZATION or name.startswith("frac_"):
                 valid[name] = False
-    return valid, requirements, flat_placeholder or missing > 0
+    return valid, requirements, flat_placeholder or missing > 0, early
 
 
 def expected_validity(
@@ -292,9 +311,11 @@ def expected_validity(
     planned_energies_ev=None,
     windows: EdgeWindows | None = None,
     references=None,
+    early: bool = False,
 ) -> dict[str, bool]:
-    """``AttributeResult.valid`` of :func:`compute_attributes` with ``e0_hint=e0_ev``, without
-    computing any pixel (to decide beforehand what an evaluation is worth).
+    """``AttributeResult.valid`` (with ``early``: ``early_valid``) of :func:`compute_attributes`
+    with ``e0_hint=e0_ev``, without computing any pixel (to decide beforehand what an evaluation
+    is worth).
 
     Examples
     --------
@@ -303,28 +324,31 @@ def expected_validity(
     True
     >>> expected_validity(e[e < 7760.0], e0_ev=7722.0)["white_line_height"]
     False
+    >>> expected_validity(e[e < 7760.0], e0_ev=7722.0, early=True)["white_line_height"]
+    True
     """
     e = check_energies(energies_ev)
     plan = plan_attributes(e, e0_ev=float(e0_ev), windows=windows, references=references)
     ref_names = tuple(references or ())
     names = ATTRIBUTE_NAMES + tuple(f"frac_{r}" for r in ref_names)
-    return _validity(plan, e, names, ref_names, planned_energies_ev)[0]
+    return _validity(plan, e, names, ref_names, planned_energies_ev)[3 if early else 0]
 
 
 def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> AttributeResult:
     finite = out.pop("_finite")
-    valid, requirements, provisional = _validity(plan, e, names, ref_names, planned)
+    valid, requirements, provisional, early = _validity(plan, e, names, ref_names, planned)
     computed = out.pop("_computed", None)
     if computed is not None:  # edge_jump_only: the others are not usable
         for name in names:
             valid[name] = valid[name] and name in computed
+            early[name] = early[name] and name in computed
     ok = finite.copy()
     if plan.can_normalize:
         with np.errstate(invalid="ignore"):
             ok &= out["edge_jump"] > min_edge_jump
     failures = {}
     for name in names:
-        if valid[name]:
+        if valid[name] or early[name]:
             bad = ok & ~np.isfinite(out[name])
             failures[name] = int(np.count_nonzero(bad))
             ok &= ~bad
@@ -344,4 +368,5 @@ def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> 
         requirements=requirements,
         failures=failures,
         at_window_edge=at_edge,
+        early_valid=early,
     )

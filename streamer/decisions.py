@@ -9,10 +9,11 @@ Rules (one place, so staff can predict what they will be told):
   still anomalous is *confirmed* (same fingerprint, severity ``critical``, ``provisional: false``);
   one that no longer is gets a ``resolved`` message; one anomalous only now fires as confirmed.
 - Only **chemistry** is alerted as an anomalous particle: a particle whose score is driven by
-  the fit-quality attributes alone (R^2, pre-edge noise; no edge or white-line attribute beyond
-  :data:`CHEMISTRY_Z`) is a measurement problem, not a chemical one, and so is a region smaller
-  than :data:`MIN_ALERT_AREA_PX` (a fragment or a speck): neither fires. Both stay in the particle
-  table and the report.
+  the fit-quality attributes alone (no chemical kind guessed, and no edge or white-line attribute
+  beyond :data:`CHEMISTRY_Z`; a white line strong *for its edge position* is guessed
+  ``white_line`` and is chemistry) is a measurement problem, not a chemical one, and so is a
+  region smaller than :data:`MIN_ALERT_AREA_PX` (a fragment or a speck): neither fires.
+  Both stay in the particle table and the report.
 - An **aborted** scan is scored on what it has; its alerts say ``run_aborted: true`` and stay
   provisional.
 - The fingerprint (see :func:`streamer.alerts.schema.compute_fingerprint`) is built from the kind,
@@ -36,7 +37,12 @@ CHEMISTRY = ("e0_half", "e0_deriv", "white_line_energy", "white_line_height")
 """Attributes that describe the chemistry (the others describe the measurement)."""
 
 CHEMISTRY_Z = 3.0
-"""Least |z| of some chemistry attribute for a particle to be alerted as anomalous."""
+"""Least |z| of some chemistry attribute for an anomalous particle of no chemical kind to be
+alerted."""
+
+CHEMICAL_KINDS = ("reduced", "white_line")
+"""Kind guesses (:func:`streamer.learning.particle_scoring.guess_kind`) that are chemistry: the
+white-line kind includes a white line strong *for its edge position* (z given the others)."""
 
 MIN_ALERT_AREA_PX = 40
 """Smallest particle (pixels) whose chemistry is judged: smaller regions are too noisy."""
@@ -46,6 +52,8 @@ def alertable(score: Any, row: Mapping[str, Any]) -> bool:
     """Whether an anomalous score describes chemistry of a particle large enough to judge."""
     if int(row.get("area_px", 0)) < MIN_ALERT_AREA_PX:
         return False
+    if getattr(score, "kind_guess", None) in CHEMICAL_KINDS:
+        return True
     drivers = getattr(score, "drivers", {}) or {}
     return any(
         abs(float(d.get("z", 0.0))) >= CHEMISTRY_Z for k, d in drivers.items() if k in CHEMISTRY

@@ -13,7 +13,10 @@ simulator), so :class:`FieldEvaluator` segments once and reuses the label map:
   campaign learns from all pixels of the complete scan).
 - an evaluation before the decisive attributes are valid (the post-edge window is still short)
   decides nothing: it computes the edge jump alone, of every pixel (about half the work), and
-  segments it for the next evaluation to reuse.
+  segments it for the next evaluation to reuse; unless the ``early`` attributes are
+  *early-valid* (determined on the fixed early reference, :mod:`streamer.provisional`): then it
+  is an **early** evaluation, full or reusing as any other, marked ``early`` so that its values
+  are compared only with early values.
 - a **reusing** evaluation computes the attributes of the particle pixels and a margin around
   them only (a column gather of the cube), and keeps the label map, unless the edge-jump mask
   has changed meaningfully: the new edge jump, median-filtered and thresholded as the
@@ -59,6 +62,8 @@ class FieldEvaluation:
     table: list[dict]
     #: Whether the label map was reused from the previous evaluation.
     reused_labels: bool
+    #: The attributes are early values (on the fixed early reference, post-edge still short).
+    early: bool = False
 
 
 class FieldEvaluator:
@@ -70,6 +75,9 @@ class FieldEvaluator:
         Frame shape ``(ny, nx)``.
     decisive
         Attributes that must be valid for an evaluation to count (else it returns ``None``).
+    early
+        Attributes that, when all *early-valid* while the ``decisive`` ones are not yet valid,
+        make a provisional evaluation an early one (empty: no early evaluations).
     planned_energies_ev
         The run's planned grid (see :func:`~streamer.attributes.compute_attributes`).
     n_threads
@@ -98,6 +106,7 @@ class FieldEvaluator:
         shape: tuple[int, int],
         *,
         decisive: tuple[str, ...],
+        early: tuple[str, ...] = (),
         planned_energies_ev=None,
         n_threads: int = 2,
         reuse_segmentation: bool = True,
@@ -106,6 +115,8 @@ class FieldEvaluator:
     ) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
         self.decisive = tuple(decisive)
+        self.early = tuple(early)
+        self._stage_early = False
         self.planned_energies_ev = planned_energies_ev
         self.n_threads = n_threads
         self.reuse_segmentation = reuse_segmentation
@@ -148,16 +159,29 @@ class FieldEvaluator:
         expected = expected_validity(
             energies_ev, e0_ev=e0_ev, planned_energies_ev=self.planned_energies_ev
         )
+        self._stage_early = False
         if not all(expected.get(k, False) for k in self.decisive):
-            if not final:  # nothing to decide on yet: segment for the next evaluation
-                self._segment_only(energies_ev, od, e0_ev, pixel_valid)
-            return None
+            if not final and self.early_ready(energies_ev, e0_ev=e0_ev):
+                self._stage_early = True
+            else:
+                if not final:  # nothing to decide on yet: segment for the next evaluation
+                    self._segment_only(energies_ev, od, e0_ev, pixel_valid)
+                return None
         if not final and self.reuse_segmentation and self._support is not None:
             reused = self._reusing(energies_ev, od, e0_ev, pixel_valid)
             if reused is not None:
                 self.n_reused_ += 1
                 return reused
         return self._full(energies_ev, od, e0_ev, pixel_valid)
+
+    def early_ready(self, energies_ev, *, e0_ev: float) -> bool:
+        """Whether the ``early`` attributes are all early-valid on ``energies_ev``."""
+        if not self.early:
+            return False
+        expected = expected_validity(
+            energies_ev, e0_ev=e0_ev, planned_energies_ev=self.planned_energies_ev, early=True
+        )
+        return all(expected.get(k, False) for k in self.early)
 
     def prepare(self, energies_ev, *, e0_ev: float) -> None:
         """Build now the attribute operators of an evaluation on ``energies_ev`` (the grid a
@@ -176,6 +200,8 @@ class FieldEvaluator:
         )
 
     def _decisive(self, result: AttributeResult) -> bool:
+        if self._stage_early:
+            return all(result.early_valid.get(k, False) for k in self.early)
         return all(result.valid.get(k, False) for k in self.decisive)
 
     def _valid(self, result: AttributeResult, pixel_valid) -> np.ndarray:
@@ -236,7 +262,9 @@ class FieldEvaluator:
         support = self._support
         inside = self.labels_.ravel()[support] > 0
         n_inside = int(np.count_nonzero(inside))
-        if self._threshold is None or n_inside == 0:
+        if n_inside == 0:  # nothing was segmented: nothing to reuse
+            return float("inf")
+        if self._threshold is None:
             return 0.0
         new = _median3x3_at(edge_jump, support, self.shape)
         ref = self._segmented_level
@@ -258,6 +286,7 @@ class FieldEvaluator:
             labels=labels,
             table=particle_table(labels, maps, unusual=odd),
             reused_labels=reused,
+            early=self._stage_early,
         )
 
 

@@ -13,9 +13,18 @@ a few eV, which moves no point across the window limits on a typical grid.
 
 While frames are still arriving (ascending energies, only part of the grid present) the plan
 adapts: with fewer than ``min_post_points`` energies in the post-edge window it falls back to a
-flat post-edge through whatever exists beyond ``E0 + provisional_post_start`` and says so
-(``provisional``). Without any such point, or without a pre-edge point, nothing can be normalised
-(``can_normalize`` is False).
+provisional flat post-edge and says so (``provisional``). The flat post-edge is the mean of
+``mu - pre_edge`` over a **fixed early reference** window, ``E0 + early_reference`` (12-20 eV past
+the edge by default: after the white line, before the dip that follows it), whenever the grid has
+points there; only a grid without any falls back to whatever exists beyond
+``E0 + provisional_post_start``. A fixed window makes the provisional attributes one well-defined
+quantity at every coverage from the moment the window is complete until the post-edge window fills
+(``early_reference_complete``), so provisional values of different fields and runs can be compared
+like for like (:mod:`streamer.provisional`, the early decisions of :mod:`streamer.run_analysis`).
+On the simulator's LiCoO2 spectra the white-line height on this reference is 1.61-1.67 edge steps
+from the pristine to the charged end (1.59-1.92 on the complete scan), and a white line stronger
+by 0.5 edge steps is 0.45 higher on it. Without any post-edge point, or without a pre-edge point,
+nothing can be normalised (``can_normalize`` is False).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ __all__ = [
     "Normalization",
     "NormalizationPlan",
     "check_energies",
+    "edge_significance",
     "estimate_e0",
     "normalize",
     "plan_normalization",
@@ -63,7 +73,11 @@ class EdgeWindows:
     min_post_points : int
         Fewer post-edge points than this gives the provisional flat post-edge.
     provisional_post_start : float
-        Start of the provisional flat post-edge (all points above it).
+        Start of the provisional flat post-edge (all points above it) on a grid without points in
+        the ``early_reference`` window.
+    early_reference : (float, float)
+        Window of the provisional flat post-edge (inclusive limits): fixed, so that provisional
+        attributes are the same quantity at every coverage (see the module docstring).
     edge : (float, float)
         Search window for the edge energy (maximum derivative, half-jump crossing).
     white_line : (float, float)
@@ -77,17 +91,20 @@ class EdgeWindows:
     nnorm: int | None = None
     min_post_points: int = 3
     provisional_post_start: float = 30.0
+    early_reference: tuple[float, float] = (12.0, 20.0)
     edge: tuple[float, float] = (-18.0, 15.0)
     white_line: tuple[float, float] = (-5.0, 20.0)
     lcf: tuple[float, float] = (-20.0, 50.0)
 
     def __post_init__(self):
-        for name in ("pre", "post", "edge", "white_line", "lcf"):
+        for name in ("pre", "post", "edge", "white_line", "lcf", "early_reference"):
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"EdgeWindows.{name} must be (low, high) with low < high")
-        if self.pre[1] >= 0 or self.post[0] <= 0:
-            raise ValueError("the pre-edge window must end below E0 and the post-edge start above")
+        if self.pre[1] >= 0 or self.post[0] <= 0 or self.early_reference[0] <= 0:
+            raise ValueError(
+                "the pre-edge window must end below E0, the post-edge and early reference above it"
+            )
         if self.nnorm is not None and not 0 <= self.nnorm <= 3:
             raise ValueError(f"nnorm must be 0..3 or None, got {self.nnorm}")
         if self.min_post_points < 1:
@@ -126,6 +143,9 @@ class NormalizationPlan:
     provisional: bool
     pre_rows: np.ndarray
     post_rows: np.ndarray
+    #: The provisional flat post-edge is the mean over the ``early_reference`` window, and every
+    #: energy of that window the grid can have is present (see the module docstring).
+    early_reference_complete: bool = False
 
     @property
     def can_normalize(self) -> bool:
@@ -156,10 +176,16 @@ def _cached_plan(key: bytes, e0_ev: float, windows: EdgeWindows) -> Normalizatio
     x = e - e0_ev
     pre = _window(x, *windows.pre)
     post = _window(x, *windows.post)
-    provisional = False
+    provisional = early_complete = False
     if post.stop - post.start < windows.min_post_points:
-        post = slice(int(np.searchsorted(x, windows.provisional_post_start, "left")), n)
         provisional = True
+        early = _window(x, *windows.early_reference)
+        if early.stop > early.start:
+            post = early
+            # complete once an energy beyond the window shows that no more of it can come
+            early_complete = early.stop < n or x[-1] >= windows.early_reference[1] - 1e-6
+        else:
+            post = slice(int(np.searchsorted(x, windows.provisional_post_start, "left")), n)
     n_pre, n_post = pre.stop - pre.start, post.stop - post.start
     pre_rows = np.full((2, n), np.nan)
     if n_pre >= 1:
@@ -171,7 +197,7 @@ def _cached_plan(key: bytes, e0_ev: float, windows: EdgeWindows) -> Normalizatio
     if n_post >= 1:
         span = x[post.stop - 1] - x[post.start]
         nnorm = (
-            windows.nnorm if windows.nnorm is not None else (2 if span >= 300 else int(span >= 30))
+            windows.nnorm if windows.nnorm is not None else (2 if span >= 300 else int(span >= 100))
         )
         if provisional or n_post < 2:
             nnorm = 0
@@ -198,6 +224,7 @@ def _cached_plan(key: bytes, e0_ev: float, windows: EdgeWindows) -> Normalizatio
         provisional=provisional,
         pre_rows=pre_rows,
         post_rows=post_rows,
+        early_reference_complete=bool(early_complete),
     )
 
 
@@ -211,7 +238,9 @@ def plan_normalization(
     >>> e = np.concatenate([np.arange(7560.0, 7700, 10), np.arange(7700.0, 7765)])
     >>> plan = plan_normalization(e, e0_ev=7722.0)
     >>> plan.provisional, plan.pre_rows.shape, (plan.post.start, plan.post.stop)
-    (True, (2, 79), (66, 79))
+    (True, (2, 79), (48, 57))
+    >>> plan.early_reference_complete  # the flat post-edge: mean over 7734-7742 eV, all present
+    True
     """
     e = check_energies(energies_ev)
     return _cached_plan(e.tobytes(), float(e0_ev), windows or EdgeWindows())
@@ -250,6 +279,49 @@ def estimate_e0(energies_ev, mu, *, max_pixels: int = 20000) -> float | None:
     if k >= deriv.size - 3 or deriv[k] <= 5.0 * spread:
         return None
     return float(e[window][k])
+
+
+def edge_significance(
+    energies_ev, mu, *, e0_ev: float, windows: EdgeWindows | None = None, max_pixels: int = 20000
+) -> float:
+    """How clearly the field's mean spectrum has an edge at ``e0_ev``: its edge jump over the
+    scatter of its pre-edge points about their line.
+
+    A scan still arriving can show a spurious "edge" (a drift of the beam or the flats) before
+    the real one, which :func:`estimate_e0` may take for it; an evaluation on such a nominal
+    edge segments noise. A real edge of a field with particles is tens to thousands of times
+    its pre-edge scatter; a spurious one is a few times. NaN when the pre-edge has fewer than 3
+    points (no line to scatter about) or nothing can be normalised; ``inf`` for a noiseless
+    pre-edge.
+
+    Examples
+    --------
+    >>> e = np.arange(7560.0, 7800.0, 2.0)
+    >>> noise = 1e-3 * np.random.default_rng(0).standard_normal(e.size)
+    >>> mu = (0.1 + 0.3 * (e > 7722.0) + noise)[:, None]
+    >>> edge_significance(e, mu, e0_ev=7722.0) > 100
+    True
+    >>> early = e < 7680.0  # the scan has not reached the edge: a spurious one at 7650 eV
+    >>> bool(edge_significance(e[early], mu[early], e0_ev=7650.0) < 10)
+    True
+    """
+    e = check_energies(energies_ev)
+    mu = np.asarray(mu)
+    step = max(1, mu.shape[1] // max_pixels)
+    sample = np.asarray(mu[:, ::step], dtype=np.float64)
+    sample = sample[:, np.all(np.isfinite(sample), axis=0)]
+    plan = plan_normalization(e, e0_ev=e0_ev, windows=windows)
+    if sample.shape[1] == 0 or plan.pre.stop - plan.pre.start < 3 or not plan.can_normalize:
+        return float("nan")
+    mean = sample.mean(axis=1)
+    a, b = plan.pre_rows @ mean
+    jump = float((plan.post_rows @ mean)[0])
+    x = plan.x[plan.pre]
+    residual = mean[plan.pre] - (a + b * x)
+    scatter = float(np.sqrt(np.sum(residual**2) / max(x.size - 2, 1)))
+    if scatter == 0.0:
+        return float("inf") if jump > 0 else 0.0
+    return jump / scatter
 
 
 class Normalization(NamedTuple):

@@ -9,6 +9,15 @@ jump once some post-edge points exist.
 
 When the planned grid is known (FXI's ``eng_list``), requirements are clipped to it, so a grid that
 stops short of a default window still becomes valid when its last energy arrives.
+
+**Early validity.** Before the post-edge window fills, the attributes that need the edge jump are
+computed on a provisional flat post-edge over a fixed early reference window
+(:class:`~streamer.normalize.EdgeWindows` ``early_reference``, 12-20 eV past the edge). Once that
+window and the attribute's own window are covered, the value is *early-valid*
+(``attribute_requirements(..., early=True)``): a well-defined quantity that stays the same until
+the post-edge arrives, biased against the complete-scan value (the white-line height is lower and
+varies less with the state of charge) but alike for every particle of every field measured on the
+same grid. Early values are compared only with early values (:mod:`streamer.learning.campaign`).
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ def _union(*intervals: tuple[float, float]) -> tuple[float, float]:
 
 
 def attribute_requirements(
-    e0_ev: float, *, windows: EdgeWindows | None = None, references=()
+    e0_ev: float, *, windows: EdgeWindows | None = None, references=(), early: bool = False
 ) -> dict[str, tuple[float, float]]:
     """The absolute energy interval (eV) each attribute needs covered.
 
@@ -62,6 +71,9 @@ def attribute_requirements(
     windows : EdgeWindows, optional
     references : iterable of str
         Names of linear-combination references (adds ``frac_<name>``).
+    early : bool
+        The requirements of early validity: the edge jump on the fixed early reference window
+        instead of the post-edge window (see the module docstring).
 
     Returns
     -------
@@ -75,9 +87,11 @@ def attribute_requirements(
     >>> req = attribute_requirements(7722.0)
     >>> req["e0_deriv"], req["edge_jump"]
     ((7704.0, 7737.0), (7697.0, 7772.0))
+    >>> attribute_requirements(7722.0, early=True)["white_line_height"]
+    (7697.0, 7742.0)
     """
     w = windows or EdgeWindows()
-    jump = (w.pre[1], w.post[0])
+    jump = (w.pre[1], w.early_reference[1] if early else w.post[0])
     rel = {
         "edge_jump": jump,
         "e0_half": _union(w.edge, jump),

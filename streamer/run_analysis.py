@@ -6,6 +6,17 @@ as soon as the energies past the edge and the white line have arrived, it comput
 attributes and segments particles. It re-evaluates every few energies (skipped while the analysis
 is behind, when a ``backlog`` is given), and at the end of the scan evaluates the complete run.
 
+**Early decisions.** The complete edge jump needs the post-edge window (E0 + 50 eV and more,
+energy ~86 of the seed grid's 106), but the edge and the white line are in some 30 energies
+earlier. So, once the ``DecisionPolicy.early`` attributes are *early-valid* (determined on the
+fixed early reference 12-20 eV past the edge, :mod:`streamer.provisional`; energy ~55 of the seed
+grid), the run is evaluated once *early*; its snapshot is marked ``early`` and the decider scores
+it against early values only: the field's neighbours (same energies, same bias) and the
+campaign's record of early values of confirmed-normal particles, with a stricter threshold
+(:class:`streamer.learning.CampaignModel`). The next evaluation comes as soon as the decisive
+attributes are valid (checked at every energy, without computing any pixel), then every
+``every`` energies; the final one confirms, updates or resolves.
+
 It is the **compute** half of a run's analysis: everything it produces is a sequence of *steps*
 (``("problem", ...)``, ``("evaluation", EvaluationSnapshot)``, ``("end", ...)``...) handed to a
 decider, which owns the **decide** half (campaign scoring, alert book, learning; see
@@ -31,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streamer.attributes import expected_validity
 from streamer.cube import FrameShapeError, SpectralCube
 from streamer.field_evaluation import FieldEvaluator
-from streamer.normalize import estimate_e0
-from streamer.provisional import attribute_requirements, attribute_validity
+from streamer.normalize import edge_significance, estimate_e0
 from streamer.run_steps import Evaluation, EvaluationSnapshot, Step, StepRecorder
 
 __all__ = [
@@ -94,10 +105,24 @@ class DecisionPolicy:
         once, on its complete spectra.
     decisive
         Attributes that must be valid for an evaluation to be decided on.
+    early
+        Attributes that, once *early-valid* (:mod:`streamer.provisional`) while the ``decisive``
+        ones are not yet valid, give one early evaluation (empty: none). The default suits
+        LiCoO2 at the Co K edge: the edge (reduced particles) and the white line (its energy and
+        height) are in 30 energies before the post-edge.
     reuse_segmentation
         Provisional evaluations reuse the previous evaluation's particles and compute attributes
         on them only (:class:`~streamer.field_evaluation.FieldEvaluator`); the final one always
         segments the complete scan.
+    min_edge_significance
+        A provisional evaluation needs the field's mean spectrum to show an edge at the nominal
+        edge energy at least this many times its pre-edge scatter
+        (:func:`~streamer.normalize.edge_significance`; a pre-edge of fewer than 3 points, which
+        cannot tell, does not qualify either: such runs are evaluated at the end only).
+        Before the scan reaches the edge, a drift can look like one to
+        :func:`~streamer.normalize.estimate_e0` (seen at energy 11 of the seed grid: a
+        "decisive" evaluation on noise, whose empty segmentation was then reused); real edges
+        of the simulated surveys are far above 10.
     """
 
     e0_hint_ev: float | None = None
@@ -105,7 +130,9 @@ class DecisionPolicy:
     max_backlog: float = 0.5
     provisional: bool = True
     decisive: tuple[str, ...] = ("e0_half", "white_line_energy", "white_line_height")
+    early: tuple[str, ...] = ("e0_half", "white_line_energy", "white_line_height")
     reuse_segmentation: bool = True
+    min_edge_significance: float = 10.0
 
 
 class RunAnalysis:
@@ -159,6 +186,7 @@ class RunAnalysis:
         self.finished = False
         self.last: Evaluation | None = None
         self._next_eval_at: int | None = None
+        self._early_tried = False
         self.field: FieldEvaluator | None = None
 
     # -- the live decider's state, for callers that look at a run's alerts ---------------------
@@ -238,15 +266,39 @@ class RunAnalysis:
         if e0 is None:
             self._next_eval_at = n_ready + 1
             return
-        covered = attribute_validity(
-            energies, attribute_requirements(e0), planned_energies_ev=self.info.planned_energies_ev
-        )
-        if not all(covered[k] for k in self.policy.decisive):
+        planned = self.info.planned_energies_ev
+        valid = expected_validity(energies, e0_ev=e0, planned_energies_ev=planned)
+        decisive = all(valid.get(k, False) for k in self.policy.decisive)
+        early = None
+        if not decisive and not self._early_tried and self.policy.early:
+            early = expected_validity(energies, e0_ev=e0, planned_energies_ev=planned, early=True)
+            if not all(early.get(k, False) for k in self.policy.early):
+                early = None
+        if (decisive or early is not None) and self._spurious_edge(energies, od, e0):
             self._next_eval_at = n_ready + 1
             return
-        self._next_eval_at = n_ready + self.policy.every
-        self.evaluate(final=False, e0_ev=e0)
-        self._prepare(n_ready, e0)
+        if decisive:
+            self._next_eval_at = n_ready + self.policy.every
+            self.evaluate(final=False, e0_ev=e0)
+            self._prepare(n_ready, e0)
+            return
+        self._next_eval_at = n_ready + 1  # check again at the next energy (no pixel computed)
+        if early is not None:
+            self._early_tried = True  # once: early values stay the same until the post-edge
+            self.evaluate(final=False, e0_ev=e0)
+
+    def _spurious_edge(self, energies: np.ndarray, od: np.ndarray, e0: float) -> bool:
+        """Whether the nominal edge is too faint to be the field's edge (see the policy)."""
+        significance = edge_significance(energies, od, e0_ev=e0)
+        if not significance >= self.policy.min_edge_significance:  # NaN: cannot tell
+            log.debug(
+                "run %s: no clear edge at %.1f eV yet (%.1f x the pre-edge scatter)",
+                self.info.run_uid[:8],
+                e0,
+                significance,
+            )
+            return True
+        return False
 
     def _prepare(self, n_ready: int, e0: float) -> None:
         """Build the operators of the next evaluation's grid while the frames are coming in.
@@ -281,6 +333,7 @@ class RunAnalysis:
             self.field = FieldEvaluator(
                 shape,
                 decisive=self.policy.decisive,
+                early=self.policy.early,
                 planned_energies_ev=self.info.planned_energies_ev,
                 n_threads=self.attribute_threads,
                 reuse_segmentation=self.policy.reuse_segmentation,
@@ -310,6 +363,7 @@ class RunAnalysis:
             attributes=result.attributes,
             valid_pixels=result.valid_pixels,
             labels=result.labels,
+            early=result.early,
         )
 
     def evaluate(

@@ -65,6 +65,9 @@ class RunDecider:
         self.problems: list[str] = []
         self.last: Evaluation | None = None
         self.final: Evaluation | None = None
+        #: The particle table of the run's early evaluation (learned at the end with the final
+        #: one, for the particles confirmed normal), or ``None``.
+        self.early_table: list[dict] | None = None
         self.finished = False
         self.t_start = time.time()
         self.t_stop: float | None = None
@@ -137,10 +140,16 @@ class RunDecider:
             )
 
     def evaluation(self, snap: EvaluationSnapshot) -> Evaluation:
-        """Score one evaluation's particles on the campaign model and apply the alert rules."""
+        """Score one evaluation's particles on the campaign model and apply the alert rules.
+
+        An early snapshot (:mod:`streamer.provisional`) is scored against early values only.
+        """
+        early = bool(getattr(snap, "early", False)) and not snap.final
         scores = self.session.campaign.score_particles(
-            self.info.fov_key, snap.table, provisional=not snap.final
+            self.info.fov_key, snap.table, provisional=not snap.final, early=early
         )
+        if early and self.early_table is None:
+            self.early_table = snap.table
         self.book.particles(
             scores,
             {row["id"]: row for row in snap.table},

@@ -26,7 +26,8 @@ class EvaluationSnapshot:
 
     ``attributes``, ``valid_pixels`` and ``labels`` are per-pixel and may be ``None`` on a
     provisional snapshot that was slimmed for shipping (:meth:`slim`); the final one keeps them,
-    the campaign learns from them.
+    the campaign learns from them. ``early``: the attributes are early values (on the fixed early
+    reference of :mod:`streamer.provisional`, the post-edge window still short).
     """
 
     energy_index: int
@@ -38,6 +39,7 @@ class EvaluationSnapshot:
     attributes: dict[str, np.ndarray] | None = None
     valid_pixels: np.ndarray | None = None
     labels: np.ndarray | None = None
+    early: bool = False
 
     def slim(self) -> EvaluationSnapshot:
         """The same snapshot without per-pixel maps when it is provisional."""
@@ -58,6 +60,7 @@ class Evaluation:
     labels: np.ndarray | None
     table: list[dict]
     scores: list[Any]
+    early: bool = False
 
     @classmethod
     def from_snapshot(cls, snap: EvaluationSnapshot, scores: list[Any]) -> Evaluation:
@@ -70,6 +73,7 @@ class Evaluation:
             snap.labels,
             snap.table,
             scores,
+            snap.early,
         )
 
 

@@ -166,7 +166,9 @@ class AnalysisSession:
                     or f"a new pixel cluster appeared in scan {info.scan_id}",
                     **_jsonable_fields(event),
                 )
-            self.campaign.learn_particles(info.fov_key, ev.table)
+            self.campaign.learn_particles(
+                info.fov_key, ev.table, early_table=getattr(analysis, "early_table", None)
+            )
             for drift in self.campaign.drift_events():
                 analysis.book.simple(
                     "data_quality",

@@ -12,6 +12,7 @@
 """
 
 from streamer.learning.campaign import (
+    DEFAULT_EARLY_THRESHOLD,
     DEFAULT_THRESHOLD,
     CampaignModel,
     NewClusterEvent,
@@ -19,12 +20,20 @@ from streamer.learning.campaign import (
 )
 from streamer.learning.drift import DriftEvent, PopulationDriftMonitor
 from streamer.learning.particle_scoring import ParticleScore
-from streamer.learning.prior import ATTRIBUTES, DEFAULT_WEIGHTS, LICOO2_CO_K_PRIOR, AttributePrior
+from streamer.learning.prior import (
+    ATTRIBUTES,
+    DEFAULT_WEIGHTS,
+    LICOO2_CO_K_EARLY_PRIOR,
+    LICOO2_CO_K_PRIOR,
+    AttributePrior,
+)
 
 __all__ = [
     "ATTRIBUTES",
+    "DEFAULT_EARLY_THRESHOLD",
     "DEFAULT_THRESHOLD",
     "DEFAULT_WEIGHTS",
+    "LICOO2_CO_K_EARLY_PRIOR",
     "LICOO2_CO_K_PRIOR",
     "AttributePrior",
     "CampaignModel",

@@ -11,13 +11,19 @@
     population so far, their neighbours and the LiCoO2 prior. Learns nothing, so provisional
     values never leak into the model. Provisional values (scan still running) are biased alike
     for the whole field, so then the neighbours set the reference (``provisional_offset``).
-``learn_particles(fov_key, table)``
+    With ``early=True`` the table holds *early* values (:mod:`streamer.provisional`: edge jump on
+    a fixed reference 12-20 eV past the edge, the post-edge still missing), compared like for
+    like: with the neighbours, the campaign's record of early values of confirmed-normal
+    particles (``early_population``) and an early prior, above a stricter ``early_threshold``.
+``learn_particles(fov_key, table, early_table=None)``
     Once per field, at the end of its scan, with confirmed values. **Population rule**: the table
     is scored first and only reliable particles scoring at or below the threshold are learned;
     anomalous particles never enter the population (they would widen it and hide the next one),
-    nor do unreliable ones (fit quality far off: fragments, failed fits). A field
-    key is learned once; repeats are ignored with a warning. The field's particle medians (all
-    particles) go to the drift monitor (:mod:`streamer.learning.drift`).
+    nor do unreliable ones (fit quality far off: fragments, failed fits); ``early_table`` (the
+    field's early evaluation) adds the early values of the same particles (same id, similar
+    area) to ``early_population``. A field key is learned once; repeats are ignored with a
+    warning. The field's particle medians (all particles) go to the drift monitor
+    (:mod:`streamer.learning.drift`).
 ``drift_events()``, ``save(path)``, ``CampaignModel.load(path)``
     Population drift events for ``data_quality`` alerts; a pickle-free checkpoint
     (:mod:`streamer.learning.checkpoint`). Scores are deterministic for a given sequence of calls
@@ -65,7 +71,13 @@ from streamer.learning.drift import DriftEvent, PopulationDriftMonitor
 from streamer.learning.particle_scoring import ParticleScore, score_field, table_vectors
 from streamer.learning.pixel_model import NewClusterEvent, PixelModel, PixelResult
 from streamer.learning.population import ParticlePopulation
-from streamer.learning.prior import ATTRIBUTES, DEFAULT_WEIGHTS, LICOO2_CO_K_PRIOR, AttributePrior
+from streamer.learning.prior import (
+    ATTRIBUTES,
+    DEFAULT_WEIGHTS,
+    LICOO2_CO_K_EARLY_PRIOR,
+    LICOO2_CO_K_PRIOR,
+    AttributePrior,
+)
 
 __all__ = ["DEFAULT_THRESHOLD", "CampaignModel", "NewClusterEvent", "PixelResult"]  # re-exported
 
@@ -75,7 +87,15 @@ logger = logging.getLogger(__name__)
 #: one false alert per 100 normal particles (measured 0 % on simulated campaigns, 0.53 % on
 #: synthetic ones with independent attributes; see :mod:`streamer.learning.particle_scoring`).
 DEFAULT_THRESHOLD = 4.0
-_CHECKPOINT_VERSION = 2
+#: Score above which an *early* evaluation alerts: stricter than the final one, because staff
+#: act on early alerts and a retracted one costs them time (calibrated in
+#: bench/bench_detection.py, see docs/detection-results.md).
+DEFAULT_EARLY_THRESHOLD = 5.0
+#: Version 3 adds the early population; version 2 checkpoints load with an empty one.
+_CHECKPOINT_VERSION = 3
+_READABLE_VERSIONS = (2, 3)
+#: An early row is learned only if its particle's area is within this factor of the final one.
+_EARLY_AREA_RATIO = 1.5
 _ENERGY_ATTRIBUTES = ("e0_half", "e0_deriv", "white_line_energy")
 
 
@@ -98,8 +118,12 @@ class CampaignModel:
         Running median/MAD (reservoir sketch) or Welford mean/sd standardisation.
     threshold : float
         Particle score threshold (:data:`DEFAULT_THRESHOLD`).
+    early_threshold : float
+        Threshold of early evaluations (:data:`DEFAULT_EARLY_THRESHOLD`).
     prior : mapping attribute -> AttributePrior, optional
         Default :data:`~streamer.learning.prior.LICOO2_CO_K_PRIOR`.
+    early_prior : mapping attribute -> AttributePrior, optional
+        Prior of early values; default :data:`~streamer.learning.prior.LICOO2_CO_K_EARLY_PRIOR`.
     correlation : {"spearman", "mcd"}
         Between-attribute correlation estimator of the particle population.
     drift_detector : {"page_hinkley", "adwin"}
@@ -127,7 +151,9 @@ class CampaignModel:
         seed: int = 0,
         scaler: str = "robust",
         threshold: float = DEFAULT_THRESHOLD,
+        early_threshold: float = DEFAULT_EARLY_THRESHOLD,
         prior: Mapping[str, AttributePrior] | None = None,
+        early_prior: Mapping[str, AttributePrior] | None = None,
         particle_weights: Mapping[str, float] | None = None,
         correlation: str = "spearman",
         drift_detector: str = "page_hinkley",
@@ -157,6 +183,7 @@ class CampaignModel:
         if not self.pixel_attributes or not self.particle_weights:
             raise ValueError("at least one attribute needs a positive weight")
         self.prior = dict(LICOO2_CO_K_PRIOR if prior is None else prior)
+        self.early_prior = dict(LICOO2_CO_K_EARLY_PRIOR if early_prior is None else early_prior)
         if valid_ranges is None:  # energies within 30 eV of where the prior expects them
             valid_ranges = {
                 a: (p.location - 30.0, p.location + 30.0)
@@ -166,6 +193,7 @@ class CampaignModel:
         self.valid_ranges = {a: (float(lo), float(hi)) for a, (lo, hi) in valid_ranges.items()}
         self.seed = int(seed)
         self.threshold = float(threshold)
+        self.early_threshold = float(early_threshold)
         self.kind_z = float(kind_z)
         self.field_offset = float(field_offset)
         self.correlation_pseudo_count = float(correlation_pseudo_count)
@@ -203,6 +231,9 @@ class CampaignModel:
         )
         self.particle_attributes = tuple(self.particle_weights)
         self.population = ParticlePopulation(
+            self.particle_attributes, correlation=correlation, max_buffer=max_population, seed=seed
+        )
+        self.early_population = ParticlePopulation(
             self.particle_attributes, correlation=correlation, max_buffer=max_population, seed=seed
         )
         watched = {
@@ -255,25 +286,40 @@ class CampaignModel:
 
     # -- particle level ---------------------------------------------------------------------
     def score_particles(
-        self, fov_key: str, table: Sequence[Mapping], *, provisional: bool = False
+        self, fov_key: str, table: Sequence[Mapping], *, provisional: bool = False, early=False
     ) -> list[ParticleScore]:
-        """Score a field's particle table against the campaign so far. Learns nothing."""
+        """Score a field's particle table against the campaign so far. Learns nothing.
+
+        ``early``: the table holds early values (implies ``provisional``), scored like for like
+        (see the module docstring).
+        """
         return score_field(
             table,
-            population=self.population,
-            priors=self.prior,
+            population=self.early_population if early else self.population,
+            priors=self.early_prior if early else self.prior,
             weights=self.particle_weights,
-            threshold=self.threshold,
+            threshold=self.early_threshold if early else self.threshold,
             kind_z=self.kind_z,
             field_offset=self.field_offset,
             correlation_pseudo_count=self.correlation_pseudo_count,
-            provisional=provisional,
+            provisional=provisional or early,
             provisional_offset=self.provisional_offset,
             quality_z=self.quality_z,
+            like_for_like=early,
         )
 
-    def learn_particles(self, fov_key: str, table: Sequence[Mapping]) -> list[ParticleScore]:
-        """Learn a field's confirmed particles (see the population rule above); return scores."""
+    def learn_particles(
+        self,
+        fov_key: str,
+        table: Sequence[Mapping],
+        *,
+        early_table: Sequence[Mapping] | None = None,
+    ) -> list[ParticleScore]:
+        """Learn a field's confirmed particles (see the population rule above); return scores.
+
+        ``early_table``: the same field's early evaluation, whose rows of the particles learned
+        here go to ``early_population``.
+        """
         if fov_key in self.particle_fields_:
             logger.warning("field %s was already learned at the particle level: ignored", fov_key)
             return []
@@ -284,6 +330,8 @@ class CampaignModel:
         )
         if keep.any():
             self.population.learn(X[keep])
+        if early_table:
+            self._learn_early(table, keep, early_table)
         self.n_held_out_ += int((~keep).sum())
         self.particle_fields_.append(str(fov_key))
         with np.errstate(all="ignore"):
@@ -298,6 +346,24 @@ class CampaignModel:
         self.drift_events_.extend(events)
         return scores
 
+    def _learn_early(self, table, keep: np.ndarray, early_table: Sequence[Mapping]) -> None:
+        """Early rows of the particles learned from ``table`` (same id, similar area)."""
+        learned = {
+            int(r["id"]): float(r.get("area_px") or 0)
+            for r, k in zip(table, keep, strict=True)
+            if k
+        }
+        rows = [
+            r
+            for r in early_table
+            if int(r["id"]) in learned
+            and 0 < float(r.get("area_px") or 0) <= _EARLY_AREA_RATIO * learned[int(r["id"])]
+            and learned[int(r["id"])] <= _EARLY_AREA_RATIO * float(r.get("area_px") or 0)
+        ]
+        if rows:
+            X, _, _ = table_vectors(rows, self.particle_attributes)
+            self.early_population.learn(X[np.isfinite(X).any(axis=1)])
+
     def drift_events(self, *, clear: bool = True) -> list[DriftEvent]:
         """Population drift events not yet collected (all of them with ``clear=False``)."""
         events = list(self._pending_drift) if clear else list(self.drift_events_)
@@ -310,6 +376,7 @@ class CampaignModel:
         """Write a pickle-free checkpoint (``.npz`` with a JSON document)."""
         pixel_meta, pixel_arrays = self.pixels.state()
         pop_meta, pop_arrays = self.population.state()
+        early_meta, early_arrays = self.early_population.state()
         meta = {
             "version": _CHECKPOINT_VERSION,
             "init": {
@@ -318,6 +385,7 @@ class CampaignModel:
                 "particle_weights": self.particle_weights,
                 "seed": self.seed,
                 "threshold": self.threshold,
+                "early_threshold": self.early_threshold,
                 "kind_z": self.kind_z,
                 "field_offset": self.field_offset,
                 "correlation_pseudo_count": self.correlation_pseudo_count,
@@ -325,9 +393,11 @@ class CampaignModel:
                 "quality_z": self.quality_z,
                 **self._options,
                 "prior": {a: asdict(p) for a, p in self.prior.items()},
+                "early_prior": {a: asdict(p) for a, p in self.early_prior.items()},
             },
             "pixels": pixel_meta,
             "population": pop_meta,
+            "early_population": early_meta,
             "drift": self.drift.state(),
             "drift_events": [asdict(e) for e in self.drift_events_],
             "pending_drift": len(self._pending_drift),
@@ -336,16 +406,27 @@ class CampaignModel:
         }
         arrays = {f"pixels.{k}": v for k, v in pixel_arrays.items()}
         arrays.update({f"population.{k}": v for k, v in pop_arrays.items()})
+        arrays.update({f"early_population.{k}": v for k, v in early_arrays.items()})
         write_checkpoint(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CampaignModel:
-        """Rebuild a model from :meth:`save`'s checkpoint."""
+        """Rebuild a model from :meth:`save`'s checkpoint.
+
+        Version 2 checkpoints (before early decisions) load with an empty early population and
+        the default early prior and threshold: early alerts then rest on the field's neighbours
+        and the prior until the first fields are confirmed; nothing needs migrating.
+        """
         meta, arrays = read_checkpoint(path)
-        if meta.get("version") != _CHECKPOINT_VERSION:
-            raise ValueError(f"unsupported checkpoint version {meta.get('version')!r} in {path}")
+        if meta.get("version") not in _READABLE_VERSIONS:
+            raise ValueError(
+                f"unsupported checkpoint version {meta.get('version')!r} in {path} "
+                f"(this version reads {_READABLE_VERSIONS})"
+            )
         init = dict(meta["init"])
-        init["prior"] = {a: AttributePrior(**p) for a, p in init["prior"].items()}
+        for key in ("prior", "early_prior"):
+            if key in init:
+                init[key] = {a: AttributePrior(**p) for a, p in init[key].items()}
         self = cls(**init)
 
         def part(prefix: str) -> dict[str, np.ndarray]:
@@ -353,6 +434,12 @@ class CampaignModel:
 
         self.pixels.restore(meta["pixels"], part("pixels"))
         self.population = ParticlePopulation.from_state(meta["population"], part("population"))
+        if "early_population" in meta:
+            self.early_population = ParticlePopulation.from_state(
+                meta["early_population"], part("early_population")
+            )
+        else:
+            logger.info("checkpoint %s has no early population (version 2): starting one", path)
         self.drift = PopulationDriftMonitor.from_state(meta["drift"])
         self.drift_events_ = [DriftEvent(**e) for e in meta["drift_events"]]
         n_pending = int(meta["pending_drift"])

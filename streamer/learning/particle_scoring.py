@@ -124,11 +124,13 @@ def _blend(
     pop: tuple[float, float, int],
     field_offset: float,
     offset_var: float = 0.0,
+    population_offset: bool = True,
 ) -> tuple[float, float, float]:
     """Location, spread and variance of the location for one attribute (NaN: no reference).
 
     ``offset_var`` (in units of the spread squared) is added to the variance of the prior's and
-    the population's locations: how far provisional values may sit from confirmed ones.
+    (with ``population_offset``) the population's locations: how far provisional values may sit
+    from confirmed ones.
     """
     others = x_other[np.isfinite(x_other)]
     n_f = others.size
@@ -156,7 +158,8 @@ def _blend(
         precisions.append(1.0 / (prior.location_sd**2 + offset_var * s2))
         locations.append(prior.location)
     if n_p >= 1 and np.isfinite(p_med):
-        precisions.append(1.0 / (_P2_INFLATION * _VAR_MEDIAN * s2 / n_p + offset_var * s2))
+        pop_offset = offset_var if population_offset else 0.0
+        precisions.append(1.0 / (_P2_INFLATION * _VAR_MEDIAN * s2 / n_p + pop_offset * s2))
         locations.append(p_med)
     if n_f >= 1:
         precisions.append(1.0 / (_VAR_MEDIAN * s2 / n_f + field_offset**2 * s2))
@@ -205,6 +208,7 @@ def score_field(
     provisional: bool = False,
     provisional_offset: float = 3.0,
     quality_z: float = 8.0,
+    like_for_like: bool = False,
 ) -> list[ParticleScore]:
     """Score every particle of one field (see the module docstring). Pure: learns nothing.
 
@@ -212,6 +216,9 @@ def score_field(
     missing), which biases every particle of the field alike; the prior's and population's
     locations then get an extra uncertainty of ``provisional_offset`` spreads, so that the
     neighbours in the field (measured on the same energies) set the reference.
+    ``like_for_like``: the ``population`` holds values of the same kind as the table's (early
+    values of earlier fields, :class:`~streamer.learning.campaign.CampaignModel`), so only the
+    prior's location gets the extra uncertainty.
 
     A particle whose fit quality is far worse than the population's (``r_squared`` more than
     ``quality_z`` spreads low, or ``pre_edge_noise`` as much high: typically a fragment of a few
@@ -238,6 +245,7 @@ def score_field(
                 (p_med[j], p_spread[j], int(p_n[j])),
                 field_offset,
                 offset_var,
+                not like_for_like,
             )
             if np.isfinite(location):
                 loc[j] = location

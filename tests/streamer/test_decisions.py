@@ -65,3 +65,35 @@ def test_quality_driven_scores_and_specks_are_not_chemistry_alerts():
         shape=(64, 64),
     )
     assert sent == []
+
+
+def test_a_white_line_strong_for_its_edge_position_is_chemistry():
+    """|z| below CHEMISTRY_Z but |z given the others| above it: alerted (the kind guess agrees)."""
+    drivers = {
+        "white_line_height": {
+            "value": 2.2,
+            "reference": 1.8,
+            "spread": 0.14,
+            "z": 2.85,
+            "z_given_others": 4.9,
+        },
+        "r_squared": {"value": 0.98, "reference": 0.98, "spread": 0.01, "z": -0.6},
+    }
+    assert alertable(_score(kind="white_line", drivers=drivers), ROW)
+    quality_only = {
+        "r_squared": {
+            "value": 0.6,
+            "reference": 0.99,
+            "spread": 0.01,
+            "z": -7.0,
+            "z_given_others": -7.5,
+        },
+        "e0_half": {
+            "value": 7722.6,
+            "reference": 7722.5,
+            "spread": 0.4,
+            "z": 0.3,
+            "z_given_others": 2.0,
+        },
+    }
+    assert not alertable(_score(kind="other", drivers=quality_only), ROW)

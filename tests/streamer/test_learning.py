@@ -221,7 +221,7 @@ def test_checkpoint_round_trip_gives_identical_results(tmp_path):
     path = tmp_path / "campaign.npz"
     model.save(path)
     meta, arrays = read_checkpoint(path)  # np.load(allow_pickle=False) inside
-    assert meta["version"] == 2 and all(a.dtype != object for a in arrays.values())
+    assert meta["version"] == 3 and all(a.dtype != object for a in arrays.values())
     clone = CampaignModel.load(path)
     assert clone.new_cluster_events_ == model.new_cluster_events_
     assert clone.drift_events(clear=False) == model.drift_events(clear=False)

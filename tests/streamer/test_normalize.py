@@ -82,10 +82,13 @@ def test_partial_scan_uses_a_provisional_flat_post_edge(last_ev):
 
 def test_no_post_edge_point_cannot_normalise():
     od, _ = _od(2)
-    keep = E <= 7740.0
+    keep = E < 7734.0  # nothing past E0 + 12 eV, where the early reference window starts
     res = normalize(E[keep], od[keep], e0_ev=7722.0)
     assert not res.plan.can_normalize
     assert np.all(np.isnan(res.edge_jump))
+    part = normalize(E[E <= 7740.0], od[E <= 7740.0], e0_ev=7722.0)  # part of the window
+    assert part.plan.can_normalize and part.provisional
+    assert not part.plan.early_reference_complete
 
 
 def test_few_pre_edge_points_give_a_constant_pre_edge():
