@@ -158,3 +158,29 @@ def test_checkpoints_keep_the_early_population_and_old_ones_still_load(tmp_path)
     write_checkpoint(tmp_path / "v1.npz", meta, old)
     with pytest.raises(ValueError, match="unsupported checkpoint version 1"):
         CampaignModel.load(tmp_path / "v1.npz")
+
+
+def test_an_empty_segmentation_is_not_reused(field):
+    """A spurious evaluation that segmented nothing must not leave every later one empty."""
+    _, od = field
+    ev = FieldEvaluator((64, 64), decisive=DECISIVE, early=DECISIVE, planned_energies_ev=E)
+    ev._segment(np.zeros(64 * 64, dtype=np.float32))  # what noise before the edge gives
+    assert not (ev.labels_ > 0).any()
+    n = int(np.searchsorted(E, E0 + 20.0, "right"))
+    result = ev.evaluate(E[:n], od[:n], e0_ev=E0, final=False)
+    assert result is not None and not result.reused_labels and len(result.table) >= 3
+
+
+def test_no_evaluation_on_a_spurious_edge_before_the_real_one(field):
+    """A drift in the pre-edge that :func:`estimate_e0` takes for an edge is not evaluated."""
+    _, od = field
+    info = RunInfo(run_uid="run-drift", scan_id=1, planned_energies_ev=tuple(E))
+    recorder = StepRecorder(info)
+    # the nominal edge far below the real one: the "edge" there is only noise
+    run = RunAnalysis(info, decider=recorder, policy=DecisionPolicy(e0_hint_ev=7622.4))
+    frame = np.ones((1, 64, 64), dtype=np.float32)
+    run.add_dark(np.zeros((1, 64, 64), np.float32))
+    for energy, row in zip(E[:12], od[:12], strict=True):
+        run.add_flat(frame, energy_ev=energy)
+        run.add_sample(np.exp(-row).reshape(1, 64, 64), energy_ev=energy)
+    assert not [p for k, p in recorder.steps if k == "evaluation"]
