@@ -29,7 +29,7 @@ from typing import Any
 
 from callbacks.dialects import detect_dialect
 from callbacks.handlers import HANDLER_REGISTRY
-from streamer.catalog import CatalogError, connect, list_runs, run_start
+from streamer.catalog import CatalogError, connect, list_runs, plain
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,21 @@ def select_runs(catalog: Any, uids: Sequence[str] | None = None) -> list[ReplayR
         A named run is not a XANES run.
     """
     from streamer.catalog import lookup_run
+    from streamer.catalog_sqlite import run_index
     from streamer.replay_source import count_events
 
     client = connect(catalog)
-    if uids:
-        candidates = [run_start(client, uid) for uid in uids]
-    else:
-        candidates = [run_start(client, s.uid) for s in list_runs(client)]
+    index = run_index(client)  # an embedded catalog: metadata without requests
+
+    def run_node(uid: str) -> Any:
+        node = index.run(uid) if index is not None else None
+        return node if node is not None else lookup_run(client, uid)
+
+    names = uids if uids else [s.uid for s in list_runs(client)]
+    nodes = [run_node(uid) for uid in names]
     runs: dict[str, ReplayRun] = {}
-    for start in candidates:
+    for node in nodes:
+        start = plain(node.metadata["start"])
         what = f"run {start['uid'][:8]} (scan {start.get('scan_id')}, {start.get('plan_name')})"
         if detect_dialect(start) is None:
             if uids:
@@ -90,7 +96,7 @@ def select_runs(catalog: Any, uids: Sequence[str] | None = None) -> list[ReplayR
             scan_id=start.get("scan_id"),
             plan_name=start.get("plan_name"),
             time=float(start.get("time", 0.0)),
-            n_events=count_events(lookup_run(client, start["uid"])),
+            n_events=count_events(node),
         )
     return sorted(runs.values(), key=lambda r: (r.time, r.uid))
 
@@ -196,6 +202,9 @@ def _compute_run(client: Any, uid: str, method: str, begin_run: Any, recorders: 
 
 def close_worker_catalogs() -> int:
     """Close the catalogs :func:`compute_run` opened in this process (run it on each worker)."""
+    from streamer.catalog_sqlite import close_run_indexes
+
+    close_run_indexes()
     n = len(_CLIENTS)
     while _CLIENTS:
         _, client = _CLIENTS.popitem()
