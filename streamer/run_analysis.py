@@ -13,8 +13,9 @@ fixed early reference 12-20 eV past the edge, :mod:`streamer.provisional`; energ
 grid), the run is evaluated once *early*; its snapshot is marked ``early`` and the decider scores
 it against early values only: the field's neighbours (same energies, same bias) and the
 campaign's record of early values of confirmed-normal particles, with a stricter threshold
-(:class:`streamer.learning.CampaignModel`). The next evaluation comes as soon as the decisive
-attributes are valid (checked at every energy, without computing any pixel), then every
+(:class:`streamer.learning.CampaignModel`). The next evaluation comes ``every`` energies after the
+decisive attributes first become valid (checked at every energy, without computing any pixel: a
+post-edge fit on its minimum of points flagged whole fields of a sparse grid), then every
 ``every`` energies; the final one confirms, updates or resolves.
 
 It is the **compute** half of a run's analysis: everything it produces is a sequence of *steps*
@@ -187,6 +188,7 @@ class RunAnalysis:
         self.last: Evaluation | None = None
         self._next_eval_at: int | None = None
         self._early_tried = False
+        self._decisive_since: int | None = None
         self.field: FieldEvaluator | None = None
 
     # -- the live decider's state, for callers that look at a run's alerts ---------------------
@@ -276,6 +278,12 @@ class RunAnalysis:
                 early = None
         if (decisive or early is not None) and self._spurious_edge(energies, od, e0):
             self._next_eval_at = n_ready + 1
+            return
+        if decisive and self._decisive_since is None:
+            # the post-edge fit has just its minimum of points (3 points 20 eV apart on a sparse
+            # grid flagged whole fields): let it settle for ``every`` energies, as before
+            self._decisive_since = n_ready
+            self._next_eval_at = n_ready + self.policy.every
             return
         if decisive:
             self._next_eval_at = n_ready + self.policy.every
