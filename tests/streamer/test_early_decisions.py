@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.sample import make_field_of_view
-from sim.spectra import SEED_ENERGIES_EV
 from streamer.attributes import compute_attributes, expected_validity
 from streamer.field_evaluation import FieldEvaluator
 from streamer.learning import CampaignModel
@@ -21,20 +19,14 @@ from streamer.normalize import EdgeWindows, plan_normalization
 from streamer.provisional import attribute_requirements
 from streamer.run_analysis import DecisionPolicy, RunAnalysis, RunInfo
 from streamer.run_steps import StepRecorder
+from tests.streamer.field_support import DECISIVE, E, noisy_field
 
-E = np.asarray(SEED_ENERGIES_EV, dtype=np.float64)
-DECISIVE = ("e0_half", "white_line_energy", "white_line_height")
 E0 = 7723.4
 
 
 @pytest.fixture(scope="module")
 def field():
-    fov = make_field_of_view(
-        shape=(64, 64), n_particles=4, anomalies=[{"kind": "white_line"}], seed=4, subtle=False
-    )
-    od = fov.od(E).reshape(E.size, -1)
-    od += 0.004 * np.random.default_rng(1).standard_normal(od.shape).astype(np.float32)
-    return fov, np.ascontiguousarray(od, dtype=np.float32)
+    return noisy_field("white_line", seed=4, noise=0.004, noise_seed=1)
 
 
 def test_the_provisional_flat_post_edge_is_the_fixed_early_reference():

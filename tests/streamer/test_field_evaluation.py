@@ -10,25 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.sample import make_field_of_view
-from sim.spectra import SEED_ENERGIES_EV
 from streamer.attribute_plan import plan_attributes
 from streamer.attributes import compute_attributes, expected_validity
 from streamer.field_evaluation import FieldEvaluator
 from streamer.particles import odd_value_mask, particle_table
-
-E = np.asarray(SEED_ENERGIES_EV, dtype=np.float64)
-DECISIVE = ("e0_half", "white_line_energy", "white_line_height")
+from tests.streamer.field_support import DECISIVE, E, noisy_field
 
 
 @pytest.fixture(scope="module")
 def field():
-    fov = make_field_of_view(
-        shape=(64, 64), n_particles=4, anomalies=[{"kind": "reduced"}], seed=3, subtle=False
-    )
-    od = fov.od(E).reshape(E.size, -1)
-    od += 0.006 * np.random.default_rng(0).standard_normal(od.shape).astype(np.float32)
-    return fov, np.ascontiguousarray(od, dtype=np.float32)
+    return noisy_field("reduced", seed=3, noise=0.006, noise_seed=0)
 
 
 def test_attributes_of_some_pixels_equal_those_of_all_pixels(field):
