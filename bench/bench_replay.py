@@ -61,7 +61,8 @@ def run(*, quick: bool = False) -> dict:
     import zarr  # noqa: F401  (imported before timing: the direct path's first call needs it)
 
     from streamer.archive import Archiver
-    from streamer.catalog import lookup_run, open_catalog
+    from streamer.catalog import open_catalog
+    from streamer.catalog_runs import lookup_run
     from streamer.replay_source import documents_from_arrays, documents_from_export
 
     n_runs, n_frames, shape = (1, 8, (128, 128)) if quick else (2, 60, (512, 512))

@@ -29,7 +29,8 @@ from typing import Any
 
 from callbacks.dialects import detect_dialect
 from callbacks.handlers import HANDLER_REGISTRY
-from streamer.catalog import CatalogError, connect, list_runs, plain
+from streamer.catalog import CatalogError, connect
+from streamer.catalog_runs import list_runs, plain
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def select_runs(catalog: Any, uids: Sequence[str] | None = None) -> list[ReplayR
     NotXanesRunError
         A named run is not a XANES run.
     """
-    from streamer.catalog import lookup_run
+    from streamer.catalog_runs import lookup_run
     from streamer.catalog_sqlite import run_index
     from streamer.replay_source import count_events
 

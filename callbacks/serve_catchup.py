@@ -57,7 +57,7 @@ class CatalogCatchUp:
     def startup(self) -> None:
         """Replay the finished runs the journal does not know as analysed; defer running ones."""
         from callbacks.dialects import detect_dialect
-        from streamer.catalog import list_runs, run_start
+        from streamer.catalog_runs import list_runs, run_start
 
         client = self._connect()
         if client is None:
@@ -84,7 +84,7 @@ class CatalogCatchUp:
 
     def check_deferred(self) -> None:
         """Replay the deferred runs whose stop document has been archived since."""
-        from streamer.catalog import lookup_run
+        from streamer.catalog_runs import lookup_run
 
         client = self._connect()
         if client is None:

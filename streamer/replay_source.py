@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from .archived_arrays import ArrayRows, event_value
-from .catalog import CatalogError, lookup_run, plain
+from .catalog import CatalogError
+from .catalog_runs import lookup_run, plain
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def documents_from_arrays(
     Parameters
     ----------
     run : BlueskyRun client
-        A run of a tiled catalog (see :func:`streamer.catalog.lookup_run`).
+        A run of a tiled catalog (see :func:`streamer.catalog_runs.lookup_run`).
     progress : bool or callable, optional
         ``True`` for a tqdm bar with ETA, or ``progress(n_done, n_total)`` called per event.
     direct : bool

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from streamer.run_analysis import RunInfo
+    from streamer.run_info import RunInfo
 
 __all__ = ["Evaluation", "EvaluationSnapshot", "Step", "StepRecorder"]
 

@@ -62,10 +62,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 
 import numpy as np
 
+from streamer.learning.campaign_checkpoint import campaign_state, restore_campaign
 from streamer.learning.checkpoint import read_checkpoint, write_checkpoint
 from streamer.learning.drift import DriftEvent, PopulationDriftMonitor
 from streamer.learning.particle_scoring import ParticleScore, score_field, table_vectors
@@ -91,9 +91,6 @@ DEFAULT_THRESHOLD = 4.0
 #: act on early alerts and a retracted one costs them time (calibrated in
 #: bench/bench_detection.py, see docs/detection-results.md).
 DEFAULT_EARLY_THRESHOLD = 5.0
-#: Version 3 adds the early population; version 2 checkpoints load with an empty one.
-_CHECKPOINT_VERSION = 3
-_READABLE_VERSIONS = (2, 3)
 #: An early row is learned only if its particle's area is within this factor of the final one.
 _EARLY_AREA_RATIO = 1.5
 _ENERGY_ATTRIBUTES = ("e0_half", "e0_deriv", "white_line_energy")
@@ -374,76 +371,11 @@ class CampaignModel:
     # -- checkpoint -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write a pickle-free checkpoint (``.npz`` with a JSON document)."""
-        pixel_meta, pixel_arrays = self.pixels.state()
-        pop_meta, pop_arrays = self.population.state()
-        early_meta, early_arrays = self.early_population.state()
-        meta = {
-            "version": _CHECKPOINT_VERSION,
-            "init": {
-                "attributes": list(self.attributes),
-                "weights": self.weights,
-                "particle_weights": self.particle_weights,
-                "seed": self.seed,
-                "threshold": self.threshold,
-                "early_threshold": self.early_threshold,
-                "kind_z": self.kind_z,
-                "field_offset": self.field_offset,
-                "correlation_pseudo_count": self.correlation_pseudo_count,
-                "provisional_offset": self.provisional_offset,
-                "quality_z": self.quality_z,
-                **self._options,
-                "prior": {a: asdict(p) for a, p in self.prior.items()},
-                "early_prior": {a: asdict(p) for a, p in self.early_prior.items()},
-            },
-            "pixels": pixel_meta,
-            "population": pop_meta,
-            "early_population": early_meta,
-            "drift": self.drift.state(),
-            "drift_events": [asdict(e) for e in self.drift_events_],
-            "pending_drift": len(self._pending_drift),
-            "particle_fields": self.particle_fields_,
-            "n_held_out": self.n_held_out_,
-        }
-        arrays = {f"pixels.{k}": v for k, v in pixel_arrays.items()}
-        arrays.update({f"population.{k}": v for k, v in pop_arrays.items()})
-        arrays.update({f"early_population.{k}": v for k, v in early_arrays.items()})
-        write_checkpoint(path, meta, arrays)
+        write_checkpoint(path, *campaign_state(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CampaignModel:
-        """Rebuild a model from :meth:`save`'s checkpoint.
-
-        Version 2 checkpoints (before early decisions) load with an empty early population and
-        the default early prior and threshold: early alerts then rest on the field's neighbours
-        and the prior until the first fields are confirmed; nothing needs migrating.
-        """
+        """Rebuild a model from :meth:`save`'s checkpoint (:mod:`~streamer.learning.
+        campaign_checkpoint`: versions read, what a version 2 checkpoint starts with)."""
         meta, arrays = read_checkpoint(path)
-        if meta.get("version") not in _READABLE_VERSIONS:
-            raise ValueError(
-                f"unsupported checkpoint version {meta.get('version')!r} in {path} "
-                f"(this version reads {_READABLE_VERSIONS})"
-            )
-        init = dict(meta["init"])
-        for key in ("prior", "early_prior"):
-            if key in init:
-                init[key] = {a: AttributePrior(**p) for a, p in init[key].items()}
-        self = cls(**init)
-
-        def part(prefix: str) -> dict[str, np.ndarray]:
-            return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
-
-        self.pixels.restore(meta["pixels"], part("pixels"))
-        self.population = ParticlePopulation.from_state(meta["population"], part("population"))
-        if "early_population" in meta:
-            self.early_population = ParticlePopulation.from_state(
-                meta["early_population"], part("early_population")
-            )
-        else:
-            logger.info("checkpoint %s has no early population (version 2): starting one", path)
-        self.drift = PopulationDriftMonitor.from_state(meta["drift"])
-        self.drift_events_ = [DriftEvent(**e) for e in meta["drift_events"]]
-        n_pending = int(meta["pending_drift"])
-        self._pending_drift = self.drift_events_[len(self.drift_events_) - n_pending :]
-        self.particle_fields_ = list(meta["particle_fields"])
-        self.n_held_out_ = int(meta["n_held_out"])
-        return self
+        return restore_campaign(cls, meta, arrays, source=str(path))

@@ -11,7 +11,7 @@ import streamer.catalog
 import streamer.replay_source
 from callbacks.serve_catchup import CatalogCatchUp
 from streamer.alert_journal import AlertJournal
-from streamer.catalog import RunSummary
+from streamer.catalog_runs import RunSummary
 
 XANES = {"plan_name": "xanes_scan2", "eng_list": [7.7, 7.71], "chunk_size": 2}
 

@@ -16,15 +16,8 @@ from ophyd.sim import NumpySeqHandler, SynSignalWithRegistry, det
 from streamer.archive import Archiver
 from streamer.archive_writer import batch_size_for
 from streamer.archived_arrays import ArrayRows
-from streamer.catalog import (
-    CatalogUnreadableError,
-    RunNotFoundError,
-    connect,
-    list_runs,
-    lookup_run,
-    open_catalog,
-    run_start,
-)
+from streamer.catalog import CatalogUnreadableError, RunNotFoundError, connect, open_catalog
+from streamer.catalog_runs import list_runs, lookup_run, run_start
 from streamer.catalog_sqlite import run_index
 from streamer.replay_source import (
     count_events,

@@ -19,7 +19,8 @@ from bluesky import RunEngine
 from sim.instrument import SimulatedTXM
 from sim.plans import xanes_scan2
 from streamer.archive import Archiver
-from streamer.catalog import connect, list_runs, lookup_run, open_catalog
+from streamer.catalog import connect, open_catalog
+from streamer.catalog_runs import list_runs, lookup_run
 from streamer.replay_source import documents_from_arrays, documents_from_export
 
 CONFIG = Path(__file__).resolve().parents[2] / "docs" / "tiled-config.yml"

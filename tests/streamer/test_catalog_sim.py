@@ -13,7 +13,8 @@ from sim.instrument import SimulatedTXM
 from sim.plans import xanes_scan2
 from streamer.archive import Archiver
 from streamer.archived_arrays import ArrayRows
-from streamer.catalog import lookup_run, open_catalog, run_start
+from streamer.catalog import open_catalog
+from streamer.catalog_runs import lookup_run, run_start
 from streamer.replay_source import (
     ReplayError,
     documents_from_arrays,
