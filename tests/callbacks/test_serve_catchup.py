@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 import streamer.catalog
+import streamer.catalog_runs
 import streamer.replay_source
 from callbacks.serve_catchup import CatalogCatchUp
 from streamer.alert_journal import AlertJournal
@@ -43,14 +44,14 @@ def service(tmp_path, monkeypatch):
     ]
     stops = {"running": None}
     monkeypatch.setattr(streamer.catalog, "connect", lambda catalog, **kw: "client")
-    monkeypatch.setattr(streamer.catalog, "list_runs", lambda client: runs)
+    monkeypatch.setattr(streamer.catalog_runs, "list_runs", lambda client: runs)
     monkeypatch.setattr(
-        streamer.catalog,
+        streamer.catalog_runs,
         "run_start",
         lambda client, uid: {"plan_name": "count"} if uid == "count" else XANES,
     )
     monkeypatch.setattr(
-        streamer.catalog,
+        streamer.catalog_runs,
         "lookup_run",
         lambda client, uid: SimpleNamespace(metadata={"stop": stops.get(uid)}),
     )
