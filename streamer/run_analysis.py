@@ -46,7 +46,7 @@ import numpy as np
 from streamer.attributes import expected_validity
 from streamer.cube import FrameShapeError, SpectralCube
 from streamer.field_evaluation import FieldEvaluator
-from streamer.normalize import edge_significance, estimate_e0
+from streamer.normalize import EdgeWindows, edge_significance, estimate_e0
 from streamer.run_info import DecisionPolicy, RunInfo
 from streamer.run_steps import Evaluation, EvaluationSnapshot, Step, StepRecorder
 
@@ -65,9 +65,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRESEGMENT_AFTER_EV = 12.0
-"""Energy past the edge (eV) from which a field is segmented ahead of its early evaluation (the
-start of :class:`~streamer.normalize.EdgeWindows`' default ``early_reference``)."""
+PRESEGMENT_AFTER_EV = EdgeWindows().early_reference[0]
+"""Energy past the edge (eV) from which a field is segmented ahead of its early evaluation: the
+start of :class:`~streamer.normalize.EdgeWindows`' default ``early_reference`` (12 eV)."""
 
 
 class RunAnalysis:
