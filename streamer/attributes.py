@@ -56,7 +56,7 @@ import numpy as np
 
 from streamer.attribute_kernel import attributes_of_chunk
 from streamer.attribute_plan import plan_attributes
-from streamer.normalize import EdgeWindows, check_energies, estimate_e0
+from streamer.normalize import EdgeWindows, check_energies, estimate_e0, plan_normalization
 from streamer.provisional import (
     ATTRIBUTE_NAMES,
     NEEDS_NORMALIZATION,
@@ -273,12 +273,11 @@ def _compute(
     return _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge)
 
 
-def _validity(plan, e, names, ref_names, planned):
-    """Which attributes the energies ``e`` determine under ``plan`` (see :func:`_finish`):
-    ``(valid, requirements, provisional, early_valid)``."""
-    norm = plan.normalization
+def _validity(norm, e0_ev, e, names, ref_names, planned):
+    """Which attributes the energies ``e`` determine under the normalisation plan ``norm`` (see
+    :func:`_finish`): ``(valid, requirements, provisional, early_valid)``."""
     windows = norm.windows
-    requirements = attribute_requirements(plan.e0_ev, windows=windows, references=ref_names)
+    requirements = attribute_requirements(e0_ev, windows=windows, references=ref_names)
     valid = attribute_validity(e, requirements, planned_energies_ev=planned)
     missing = 0
     if planned is not None:
@@ -286,10 +285,8 @@ def _validity(plan, e, names, ref_names, planned):
     # the provisional flat post-edge is a placeholder, unless the planned grid has no more
     flat_placeholder = norm.provisional and (planned is None or missing > 0)
     early = dict(valid)
-    if flat_placeholder and plan.can_normalize and norm.early_reference_complete:
-        early_req = attribute_requirements(
-            plan.e0_ev, windows=windows, references=ref_names, early=True
-        )
+    if flat_placeholder and norm.can_normalize and norm.early_reference_complete:
+        early_req = attribute_requirements(e0_ev, windows=windows, references=ref_names, early=True)
         covered = attribute_validity(e, early_req, planned_energies_ev=planned)
         early.update({k: v for k, v in covered.items() if k in NEEDS_NORMALIZATION})
     else:
@@ -297,7 +294,7 @@ def _validity(plan, e, names, ref_names, planned):
     for name in names:
         if name.startswith("frac_"):
             early[name] = False
-    if not plan.can_normalize or flat_placeholder:
+    if not norm.can_normalize or flat_placeholder:
         for name in names:
             if name in NEEDS_NORMALIZATION or name.startswith("frac_"):
                 valid[name] = False
@@ -328,15 +325,18 @@ def expected_validity(
     True
     """
     e = check_energies(energies_ev)
-    plan = plan_attributes(e, e0_ev=float(e0_ev), windows=windows, references=references)
+    norm = plan_normalization(e, e0_ev=float(e0_ev), windows=windows)  # no kernel operators
     ref_names = tuple(references or ())
     names = ATTRIBUTE_NAMES + tuple(f"frac_{r}" for r in ref_names)
-    return _validity(plan, e, names, ref_names, planned_energies_ev)[3 if early else 0]
+    valid = _validity(norm, float(e0_ev), e, names, ref_names, planned_energies_ev)
+    return valid[3 if early else 0]
 
 
 def _finish(plan, e, out, names, ref_names, planned, min_edge_jump, at_edge) -> AttributeResult:
     finite = out.pop("_finite")
-    valid, requirements, provisional, early = _validity(plan, e, names, ref_names, planned)
+    valid, requirements, provisional, early = _validity(
+        plan.normalization, plan.e0_ev, e, names, ref_names, planned
+    )
     computed = out.pop("_computed", None)
     if computed is not None:  # edge_jump_only: the others are not usable
         for name in names:

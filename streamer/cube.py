@@ -128,6 +128,10 @@ class SpectralCube:
     energies_, od_, ready_, valid_, shifts_, measured_energies_ : ndarray
         Row energies (eV, ascending), the cube view ``(n_rows, n_pixels)``, normalised rows,
         usable pixels, drift ``(dy, dx)`` px per row, energies as measured (NaN until a sample).
+    mean_spectrum_ : ndarray, float64, shape (n_rows,)
+        Mean OD of each normalised row over its pixels (NaN where not ``ready_``), taken as the
+        row is stored (while it is in cache): the field's mean spectrum, which a live analysis
+        checks at every energy, without reading the whole cube again each time.
     n_received_ : int
         Sample stacks received.
     counters_ : dict of str to int
@@ -209,6 +213,10 @@ class SpectralCube:
     @property
     def valid_(self) -> np.ndarray | None:
         return None if self._ingest is None else self._ingest.valid.reshape(-1)
+
+    @property
+    def mean_spectrum_(self) -> np.ndarray:
+        return self._rows.means[: self._rows.n]
 
     @property
     def shifts_(self) -> np.ndarray:
@@ -362,6 +370,7 @@ class SpectralCube:
             )
             self._pending.pop(key, None)
             self._rows.ready[i] = False
+            self._rows.means[i] = np.nan
         return key
 
     def _warn(self, kind: str, count: int, message: str, *args) -> None:
@@ -408,3 +417,13 @@ class SpectralCube:
         self.counters_["border_pixels"] += result.n_border
         self.counters_["masked_values"] += result.n_masked
         self._rows.ready[row], self._rows.shifts[row] = True, result.drift
+        self._rows.means[row] = _row_mean(dst)
+
+
+def _row_mean(row: np.ndarray) -> float:
+    """Mean of a stored row (float64 sum); over its finite values should any not be."""
+    mean = float(row.mean(dtype=np.float64))
+    if math.isfinite(mean):
+        return mean
+    finite = row[np.isfinite(row)]
+    return float(finite.mean(dtype=np.float64)) if finite.size else math.nan

@@ -48,9 +48,10 @@ class CubeRows:
     ----------
     data : ndarray, float32, shape (capacity, n_pixels) or None
         The rows (None until :meth:`allocate`); the first ``n`` are in use.
-    energies, ready, shifts, measured : ndarray
+    energies, ready, shifts, measured, means : ndarray
         Per row (``capacity`` of them): energy (eV, +inf beyond ``n``), normalised, drift
-        ``(dy, dx)`` px, energy as measured (NaN until a sample).
+        ``(dy, dx)`` px, energy as measured (NaN until a sample), mean OD over the row's pixels
+        (NaN until normalised; set by the cube when it stores the row).
     n : int
         Rows in use.
     """
@@ -62,6 +63,7 @@ class CubeRows:
         self.n = size if planned is not None else 0
         self.ready, self.shifts = np.zeros(size, bool), np.zeros((size, 2))
         self.measured = np.full(size, np.nan)
+        self.means = np.full(size, np.nan)
         self.prefault = prefault
         self.data: np.ndarray | None = None
         self.warned_order = False
@@ -121,6 +123,7 @@ class CubeRows:
             self.ready = np.concatenate([self.ready, np.zeros(cap - n, bool)])
             self.shifts = np.concatenate([self.shifts, np.zeros((cap - n, 2))])
             self.measured = np.concatenate([self.measured, np.full(cap - n, np.nan)])
+            self.means = np.concatenate([self.means, np.full(cap - n, np.nan)])
         pos = int(np.searchsorted(self.energies[:n], energy))
         if pos < n and not self.warned_order:
             self.warned_order = True
@@ -128,9 +131,9 @@ class CubeRows:
         if self.data is not None:
             for j in range(n, pos, -1):  # row by row: no temporary copy of the cube
                 self.data[j] = self.data[j - 1]
-        for arr in (self.energies, self.ready, self.shifts, self.measured):
+        for arr in (self.energies, self.ready, self.shifts, self.measured, self.means):
             arr[pos + 1 : n + 1] = arr[pos:n].copy()
         self.energies[pos], self.ready[pos] = energy, False
-        self.shifts[pos], self.measured[pos] = 0.0, np.nan
+        self.shifts[pos], self.measured[pos], self.means[pos] = 0.0, np.nan, np.nan
         self.n = n + 1
         return pos

@@ -284,6 +284,26 @@ def test_growing_cube_matches_preallocated_and_sorts_rows():
     assert np.shares_memory(grown.image(1), grown.od_)
 
 
+def test_mean_spectrum_follows_ready_rows_in_every_order():
+    dark, frames = _frames()
+    cube = SpectralCube(register=False, capacity=1)
+    cube.add_dark(dark)
+    for i in (2, 0):  # out of order: rows move, their means with them
+        cube.add_sample(frames[i][0], energy=ENERGIES[i])
+        cube.add_flat(frames[i][1], energy=ENERGIES[i])
+    cube.add_sample(frames[3][0], energy=ENERGIES[3])  # waits for its flat: not ready
+    assert np.isnan(cube.mean_spectrum_[~cube.ready_]).all()
+    expected = cube.od_[cube.ready_].mean(axis=1, dtype=np.float64)
+    np.testing.assert_allclose(cube.mean_spectrum_[cube.ready_], expected, rtol=1e-9)
+    cube.add_sample(frames[1][0], energy=ENERGIES[0])  # a second sample replaces the first
+    assert cube.counters_["duplicate_energy"] == 1
+    assert cube.mean_spectrum_[0] == pytest.approx(cube.od_[0].mean(dtype=np.float64))
+    cube.finalize()
+    np.testing.assert_allclose(
+        cube.mean_spectrum_, cube.od_.mean(axis=1, dtype=np.float64), rtol=1e-9
+    )
+
+
 def test_leftover_sample_uses_nearest_flat_with_warning(caplog):
     dark, frames = _frames(noise=False)
     cube = SpectralCube(frame_shape=SHAPE, energies=ENERGIES, register=False)
