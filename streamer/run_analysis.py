@@ -16,7 +16,8 @@ campaign's record of early values of confirmed-normal particles, with a stricter
 (:class:`streamer.learning.CampaignModel`). The next evaluation comes ``every`` energies after the
 decisive attributes first become valid (checked at every energy, without computing any pixel: a
 post-edge fit on its minimum of points flagged whole fields of a sparse grid), then every
-``every`` energies; the final one confirms, updates or resolves.
+``every`` energies until the end is near; the final one confirms, updates or resolves. Which
+evaluation comes when is decided by :class:`~streamer.evaluation_schedule.EvaluationSchedule`.
 
 It is the **compute** half of a run's analysis: everything it produces is a sequence of *steps*
 (``("problem", ...)``, ``("evaluation", EvaluationSnapshot)``, ``("end", ...)``...) handed to a
@@ -43,10 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamer.attributes import expected_validity
 from streamer.cube import FrameShapeError, SpectralCube
+from streamer.evaluation_schedule import EvaluationSchedule
 from streamer.field_evaluation import FieldEvaluator
-from streamer.normalize import EdgeWindows, edge_significance, estimate_e0
+from streamer.normalize import estimate_e0
 from streamer.run_info import DecisionPolicy, RunInfo
 from streamer.run_steps import Evaluation, EvaluationSnapshot, Step, StepRecorder
 
@@ -64,10 +65,6 @@ if TYPE_CHECKING:
     from streamer.session import AnalysisSession
 
 log = logging.getLogger(__name__)
-
-PRESEGMENT_AFTER_EV = EdgeWindows().early_reference[0]
-"""Energy past the edge (eV) from which a field is segmented ahead of its early evaluation: the
-start of :class:`~streamer.normalize.EdgeWindows`' default ``early_reference`` (12 eV)."""
 
 
 class RunAnalysis:
@@ -120,10 +117,9 @@ class RunAnalysis:
         self.n_samples = 0
         self.finished = False
         self.last: Evaluation | None = None
-        self._next_eval_at: int | None = None
-        self._early_tried = False
-        self._presegmented = False
-        self._decisive_since: int | None = None
+        self.schedule = EvaluationSchedule(
+            self.policy, planned_energies_ev=info.planned_energies_ev, run_uid=info.run_uid
+        )
         self.field: FieldEvaluator | None = None
 
     # -- the live decider's state, for callers that look at a run's alerts ---------------------
@@ -200,81 +196,30 @@ class RunAnalysis:
         return self.cube.energies_[ready], self.cube.mean_spectrum_[ready][:, None]
 
     def _maybe_evaluate(self) -> None:
+        """Evaluate now if the schedule says so (:mod:`streamer.evaluation_schedule`)."""
         if not self.policy.provisional:
             return
         n_ready = int(np.count_nonzero(self.cube.ready_))
-        if n_ready < 8 or (self._next_eval_at is not None and n_ready < self._next_eval_at):
+        if not self.schedule.due(n_ready):
             return
         if self.last is not None and self._backlog() > self.policy.max_backlog:
             return  # degrade: behind the RunEngine, skip an optional re-evaluation
         energies, mean = self.ready_mean_spectrum()
         e0 = self.policy.e0_hint_ev or estimate_e0(energies, mean)
-        if e0 is None:
-            self._next_eval_at = n_ready + 1
+        action = self.schedule.next_action(energies, mean, e0)
+        if action is None:
             return
-        planned = self.info.planned_energies_ev
-        valid = expected_validity(energies, e0_ev=e0, planned_energies_ev=planned)
-        decisive = all(valid.get(k, False) for k in self.policy.decisive)
-        early = None
-        if not decisive and not self._early_tried and self.policy.early:
-            early = expected_validity(energies, e0_ev=e0, planned_energies_ev=planned, early=True)
-            if not all(early.get(k, False) for k in self.policy.early):
-                early = None
-        if (decisive or early is not None) and self._spurious_edge(energies, mean, e0):
-            self._next_eval_at = n_ready + 1
-            return
-        if decisive and self._decisive_since is None:
-            # the post-edge fit has just its minimum of points (3 points 20 eV apart on a sparse
-            # grid flagged whole fields): let it settle for ``every`` energies, as before
-            self._decisive_since = n_ready
-            self._next_eval_at = n_ready + self.policy.every
-            return
-        if decisive:
-            self._next_eval_at = n_ready + self.policy.every
-            self.evaluate(final=False, e0_ev=e0)
+        self.evaluate(final=False, e0_ev=e0)  # "segment": not decisive, the field is segmented
+        if action == "provisional":
             self._prepare(n_ready, e0)
-            return
-        self._next_eval_at = n_ready + 1  # check again at the next energy (no pixel computed)
-        if early is not None:
-            self._early_tried = True  # once: early values stay the same until the post-edge
-            self.evaluate(final=False, e0_ev=e0)
-        elif self._presegment_due(energies, mean, e0):
-            self._presegmented = True
-            self.evaluate(final=False, e0_ev=e0)  # not decisive: the field is segmented only
-
-    def _presegment_due(self, energies: np.ndarray, mean: np.ndarray, e0: float) -> bool:
-        """Whether to segment the field now, ahead of its first decision.
-
-        Once, as soon as the first energy of the early reference window (``PRESEGMENT_AFTER_EV``
-        past the edge) is in: the edge jump then outlines the particles, and the early
-        evaluation some energies later reuses the label map (computing the attributes of the
-        particles only) instead of segmenting at the very energy an alert waits for, which cost
-        0.8 s at 512x512 (``alert_latency_p95_s`` in ``bench/bench_latency.py``).
-        """
-        if self._presegmented or self._early_tried or not self.policy.reuse_segmentation:
-            return False
-        if energies[-1] < e0 + PRESEGMENT_AFTER_EV:
-            return False
-        return not self._spurious_edge(energies, mean, e0)
-
-    def _spurious_edge(self, energies: np.ndarray, mean: np.ndarray, e0: float) -> bool:
-        """Whether the nominal edge is too faint to be the field's edge (see the policy)."""
-        significance = edge_significance(energies, mean, e0_ev=e0)
-        if not significance >= self.policy.min_edge_significance:  # NaN: cannot tell
-            log.debug(
-                "run %s: no clear edge at %.1f eV yet (%.1f x the pre-edge scatter)",
-                self.info.run_uid[:8],
-                e0,
-                significance,
-            )
-            return True
-        return False
+        elif action == "segment":
+            self._prepare_early(n_ready, e0)
 
     def _prepare(self, n_ready: int, e0: float) -> None:
         """Build the operators of the next evaluation's grid while the frames are coming in.
 
         Only when the energies arrive in their planned order (the cube's grid is then the planned
-        one, and the next evaluation's grid is its first ``_next_eval_at`` energies); after the
+        one, and the next evaluation's grid is its first ``schedule.next_at_`` energies); after the
         last provisional evaluation, for the complete grid.
         """
         planned = self.cube.energies_
@@ -282,10 +227,26 @@ class RunAnalysis:
             return
         if not self.cube.ready_[:n_ready].all():
             return
-        n_next = min(self._next_eval_at, planned.size)
-        self.field.prepare(planned[:n_next], e0_ev=e0)
-        if n_next < planned.size <= n_next + self.policy.every:
+        n_next = min(self.schedule.next_at_, planned.size)
+        if self.schedule.final_is_near(n_next):  # no provisional evaluation there: the final one
             self.field.prepare(planned, e0_ev=self.policy.e0_hint_ev or e0)
+        else:
+            self.field.prepare(planned[:n_next], e0_ev=e0)
+
+    def _prepare_early(self, n_ready: int, e0: float) -> None:
+        """Build, right after the field is segmented, the operators of its early evaluation:
+        that of the first planned grid on which the ``early`` attributes are early-valid (when
+        the energies arrive in their planned order), so the evaluation an alert waits for does
+        not spend 20-30 ms of a 512x512 field on them."""
+        planned = self.cube.energies_
+        if self.field is None or not self.info.planned_energies_ev or n_ready > planned.size:
+            return
+        if not self.cube.ready_[:n_ready].all():
+            return
+        for n_next in range(n_ready + 1, planned.size + 1):
+            if self.field.early_ready(planned[:n_next], e0_ev=e0):
+                self.field.prepare(planned[:n_next], e0_ev=e0)
+                return
 
     def snapshot(
         self, *, final: bool, aborted: bool = False, e0_ev: float | None = None
