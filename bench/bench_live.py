@@ -10,12 +10,18 @@
     so a ratio of two medians of a few scans moves by more than the effect measured; pairing
     cancels the slow drifts of the machine's speed, and more repetitions narrow the interval.
     The ratio of the medians is kept beside it (``ratio_of_medians``).
-    Three ways of subscribing: ``XanesAnalyzer(backend="process")`` in this process (the figure
-    ``runengine_slowdown``: analysis in a niced child process, see
-    :mod:`callbacks.process_backend`), ``backend="thread"`` (the worker thread shares the
-    interpreter and its GIL with the RunEngine), and in another process fed by bluesky's 0MQ
-    ``Publisher`` -> ``Proxy`` -> ``RemoteDispatcher`` with a msgpack serializer (arrays as raw
-    bytes, no pickle). Each way must flag the same particles in every scan (``same_flags``).
+    The figure ``runengine_slowdown`` is ``XanesAnalyzer(backend="process")`` in this process
+    (analysis in a child process at ``SCHED_IDLE``, see :mod:`callbacks.process_backend`), on
+    ``HEADLINE_REPEATS`` pairs of scans measured on their own. Then, interleaved with scans
+    without: ``backend="thread"`` (the worker thread shares the interpreter and its GIL with the
+    RunEngine), the analyzer in another process fed by bluesky's 0MQ ``Publisher`` -> ``Proxy``
+    -> ``RemoteDispatcher`` with a msgpack serializer (arrays as raw bytes, no pickle), and two
+    loads that are no analysis at all (:class:`bench.live_sinks.IdleCompetitor`, a ``SCHED_IDLE``
+    process busy only while the scan runs): a counting loop, which costs the RunEngine nothing
+    measurable (the scheduler keeps it off the RunEngine's core), and numpy streaming 64 MB,
+    which costs it about 20 %: what remains of ``runengine_slowdown`` flat out is the memory
+    traffic of the analysis on the other core, not CPU time taken from the RunEngine. Each way
+    of analysing must flag the same particles in every scan (``same_flags``).
     The simulator computes every frame on the RunEngine's thread as fast as it can, a
     worst case: a beamline waits seconds per energy on hardware. The same comparison is repeated
     on a *paced* scan, where each camera trigger also waits ``pace_s`` of real time (the
@@ -32,178 +38,23 @@ import gc
 import json
 import logging
 import os
-import queue
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.live_sinks import ROOT, IdleCompetitor, RemoteAnalyzer
+
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ("alone", "thread", "process", "remote")
-
-
-# -- msgpack documents (no pickle on the wire) -----------------------------------------------
-def pack_document(doc: dict) -> bytes:
-    """msgpack a bluesky document; numpy arrays travel as dtype, shape and raw bytes."""
-    import msgpack
-
-    return msgpack.packb(doc, default=_encode, use_bin_type=True)
-
-
-def unpack_document(data: bytes) -> dict:
-    """Inverse of :func:`pack_document`."""
-    import msgpack
-
-    return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False)
-
-
-def _encode(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            return obj.tolist()
-        arr = np.ascontiguousarray(obj)
-        return {"__ndarray__": [arr.dtype.str, list(arr.shape)], "data": arr.tobytes()}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (tuple, set, frozenset)):
-        return list(obj)
-    raise TypeError(f"cannot msgpack a {type(obj).__name__}")
-
-
-def _decode(obj: dict) -> Any:
-    spec = obj.get("__ndarray__")
-    if spec is None:
-        return obj
-    return np.frombuffer(obj["data"], dtype=np.dtype(spec[0])).reshape(spec[1])
-
-
-# -- the analyzer in another process ----------------------------------------------------------
-def remote_analyzer_main(nice: int = 0) -> None:
-    """Child process: a 0MQ proxy, a ``RemoteDispatcher`` and a ``XanesAnalyzer``.
-
-    Protocol on stdout, one JSON line each: ``{"addresses": [in, out]}`` once the proxy is bound,
-    ``{"ready": true}`` at the first ping (a ``start`` document with ``bench_control="ping"``),
-    ``{"flushed": stats, "flagged": {run uid: particle ids}}`` after each ``stop`` with
-    ``bench_control="flush"``; a ``stop`` with ``bench_control="exit"`` ends the process.
-    ``nice`` lowers the whole process's priority (proxy included, unlike a facility's proxy).
-    """
-    if nice > 0:
-        os.nice(nice)
-    import asyncio
-
-    from bluesky.callbacks.zmq import Proxy, RemoteDispatcher
-
-    from callbacks import XanesAnalyzer
-
-    logging.basicConfig(level=logging.ERROR)
-    proxy = Proxy("tcp://127.0.0.1", "tcp://127.0.0.1")  # loopback, random ports
-    threading.Thread(target=proxy.start, daemon=True).start()
-    print(json.dumps({"addresses": [proxy.in_port, proxy.out_port]}), flush=True)
-    analyzer = XanesAnalyzer(alerts=None, report=False)
-    dispatcher = RemoteDispatcher(proxy.out_port, deserializer=unpack_document)
-    ready = False
-
-    def route(name: str, doc: dict) -> None:
-        nonlocal ready
-        control = doc.get("bench_control")
-        if control is None:
-            analyzer(name, doc)
-        elif control == "ping" and not ready:
-            ready = True
-            print(json.dumps({"ready": True}), flush=True)
-        elif control == "flush":
-            analyzer.flush()
-            print(
-                json.dumps({"flushed": analyzer.stats, "flagged": analyzer.run_flags()}), flush=True
-            )
-        elif control == "exit":
-            for task in asyncio.all_tasks(dispatcher.loop):
-                task.cancel()
-
-    dispatcher.subscribe(route)
-    try:
-        dispatcher.start()
-    except asyncio.CancelledError:  # "exit"
-        pass
-    analyzer.close()
-
-
-class RemoteAnalyzer:
-    """The benchmark side of :func:`remote_analyzer_main`: a ``Publisher`` to subscribe."""
-
-    def __init__(self, timeout: float = 120.0, *, nice: int = 0) -> None:
-        from bluesky.callbacks.zmq import Publisher
-
-        self.timeout = timeout
-        code = f"from bench.bench_live import remote_analyzer_main as m; m({int(nice)})"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        self._lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        in_address, _ = self._expect("addresses")
-        self.publisher = Publisher(in_address, serializer=pack_document)
-        deadline = time.monotonic() + timeout
-        while True:  # PUB drops what it sends before the connection is up: ping until heard
-            self.publisher("start", {"bench_control": "ping"})
-            try:
-                self._expect("ready", timeout=0.1)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
-        self.flagged: dict[str, list[int]] = {}  # run uid -> flagged particles, at flush
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                self._lines.put(json.loads(line))
-
-    def _expect(self, key: str, timeout: float | None = None) -> Any:
-        return self._expect_message(key, timeout)[key]
-
-    def _expect_message(self, key: str, timeout: float | None = None) -> dict:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            try:
-                msg = self._lines.get(timeout=max(deadline - time.monotonic(), 1e-3))
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"remote analyzer exited ({self.proc.returncode})") from None
-                raise TimeoutError(f"remote analyzer: no {key!r} within the timeout") from None
-            if key in msg:
-                return msg
-
-    def __call__(self, name: str, doc: dict) -> None:
-        self.publisher(name, doc)
-
-    def flush(self) -> dict:
-        """Wait until the remote analyzer has analysed everything sent; its counters."""
-        self.publisher("stop", {"bench_control": "flush"})
-        msg = self._expect_message("flushed")
-        self.flagged = msg["flagged"]
-        return msg["flushed"]
-
-    def close(self) -> None:
-        self.publisher("stop", {"bench_control": "exit"})
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.publisher.close()
-        self.proc.stdout.close()
+OTHER_CONFIGS = ("alone", "thread", "remote", "cpu_hog", "memory_hog")
+HEADLINE_REPEATS = 25
+"""Paired scans of ``runengine_slowdown`` (with the process backend and without)."""
 
 
 # -- scans --------------------------------------------------------------------------------------
@@ -275,6 +126,8 @@ def _sink_factories() -> dict[str, Any]:
         "thread": lambda: XanesAnalyzer(alerts=None, report=False, backend="thread"),
         "process": lambda: XanesAnalyzer(alerts=None, report=False, backend="process"),
         "remote": lambda: RemoteAnalyzer(),
+        "cpu_hog": lambda: IdleCompetitor("cpu"),
+        "memory_hog": lambda: IdleCompetitor("memory"),
     }
 
 
@@ -317,7 +170,8 @@ def measure_slowdown(
                     stats, flags = _flush(sink)
                     t["lag_s"] = time.perf_counter() - t0
                     t["dropped_events_total"] = stats["dropped_events"]
-                    t["flagged"] = flags.get(t["uid"])
+                    if not isinstance(sink, IdleCompetitor):  # no analysis: nothing flagged
+                        t["flagged"] = flags.get(t["uid"])
                 times[config].append(t)
                 logger.info("slowdown %s pace %.2f: %s", config, pace_s, _round(t))
     finally:
@@ -327,7 +181,7 @@ def measure_slowdown(
     med = {c: float(np.median([t["wall_s"] for t in times[c]])) for c in configs}
     best = {c: float(np.min([t["wall_s"] for t in times[c]])) for c in configs}
     runs = {c: [_round(t) for t in times[c]] for c in configs}
-    flags = {json.dumps(t["flagged"]) for c in configs if c != "alone" for t in times[c]}
+    flags = {json.dumps(t["flagged"]) for c in configs for t in times[c] if "flagged" in t}
     return {
         "median_wall_s": med,
         "min_wall_s": best,
@@ -427,8 +281,12 @@ def _ratio(res: dict, config: str, note: str) -> dict:
 
 def run(*, quick: bool = False) -> dict[str, dict]:
     """All figures of this module (``quick``: 128x128, one repetition, a 3-field demo)."""
-    size, repeats = (128, 1) if quick else (256, 11)
-    fast = measure_slowdown(size=size, repeats=repeats, pace_s=0.0)
+    size = 128 if quick else 256
+    headline = 1 if quick else HEADLINE_REPEATS
+    fast = measure_slowdown(size=size, repeats=headline, pace_s=0.0, configs=("alone", "process"))
+    others = measure_slowdown(
+        size=size, repeats=1 if quick else 7, pace_s=0.0, configs=OTHER_CONFIGS
+    )
     slow = measure_slowdown(size=size, repeats=1 if quick else 4, pace_s=0.1)
     figures = {
         "runengine_slowdown": _ratio(
@@ -438,13 +296,13 @@ def run(*, quick: bool = False) -> dict[str, dict]:
             "a niced child process, frames forwarded zero-copy over 0MQ), simulator flat out",
         ),
         "runengine_slowdown_thread": _ratio(
-            fast,
+            others,
             "thread",
             "XanesAnalyzer(backend='thread'): analysis on a worker thread of the RunEngine's "
             "process (shares the GIL), simulator flat out",
         ),
         "runengine_slowdown_remote": _ratio(
-            fast,
+            others,
             "remote",
             "analyzer in another process via bluesky 0MQ Publisher/Proxy/RemoteDispatcher "
             "(msgpack), simulator flat out",
@@ -465,9 +323,19 @@ def run(*, quick: bool = False) -> dict[str, dict]:
             "analyzer in another process, each camera trigger also waits 0.1 s",
         ),
     }
+    for load in ("cpu", "memory"):
+        figures[f"runengine_slowdown_idle_{load}_load"] = _ratio(
+            others,
+            f"{load}_hog",
+            f"no analyzer: a SCHED_IDLE process running a {load} load ("
+            + ("a counting loop" if load == "cpu" else "numpy streaming 2 x 32 MB arrays")
+            + ") while the scan runs, simulator flat out: what the machine charges the RunEngine "
+            "for work on its other core",
+        )
+    flags = set(fast["flagged"]) | set(others["flagged"])
     for key in list(figures):
-        res = fast if "paced" not in key else slow
-        figures[key]["same_flags"] = res["same_flags"]
+        res = slow if "paced" in key else None
+        figures[key]["same_flags"] = res["same_flags"] if res else len(flags) <= 1
     demo = measure_demo(fovs=3, size=128) if quick else measure_demo(fovs=8, size=256)
     s = demo["summary"]
     figures["demo_spectra_per_s"] = {

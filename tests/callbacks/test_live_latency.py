@@ -14,7 +14,7 @@ import pytest
 from bluesky import RunEngine
 
 from bench.bench_latency import EventClock
-from bench.bench_live import RemoteAnalyzer, pack_document, unpack_document
+from bench.live_sinks import RemoteAnalyzer, pack_document, unpack_document
 from callbacks import XanesAnalyzer
 from sim.instrument import SimulatedTXM
 from sim.plans import xanes_scan2
