@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from streamer.cluster_particles import particles_in_cluster
+from streamer.decisions import particle_position
 from streamer.learning import CampaignModel
 from streamer.run_analysis import DecisionPolicy, Evaluation, RunAnalysis, RunInfo
 from streamer.run_decision import RunDecider
@@ -157,13 +159,22 @@ class AnalysisSession:
                         getattr(event, "message", event),
                     )
             for event in new_clusters:
+                particles = _cluster_particles(ev, cluster_map, event, analysis)
+                message = getattr(event, "message", None) or (
+                    f"a new pixel cluster appeared in scan {info.scan_id}"
+                )
+                if particles:
+                    message += "; in " + ", ".join(
+                        f"particle {p['id']} ({p['fraction_of_particle']:.0%} of it)"
+                        for p in particles[:3]
+                    )
                 analysis.book.simple(
                     "new_cluster",
                     severity="warning",
                     energy_index=ev.energy_index,
                     subject=f"cluster:{getattr(event, 'cluster_id', '?')}",
-                    message=getattr(event, "message", None)
-                    or f"a new pixel cluster appeared in scan {info.scan_id}",
+                    message=message,
+                    particles=particles,
                     **_jsonable_fields(event),
                 )
             self.campaign.learn_particles(
@@ -258,6 +269,22 @@ def _small_particles(labels: np.ndarray, max_area_px: int = 60) -> np.ndarray:
     small = area <= max_area_px
     small[0] = False
     return small[labels]
+
+
+def _cluster_particles(
+    ev: Evaluation, cluster_map: np.ndarray, event: Any, analysis: RunDecider
+) -> list[dict]:
+    """The particles a new cluster falls in, each with its alert geometry (``particle`` block)."""
+    cluster_id = getattr(event, "cluster_id", None)
+    if cluster_id is None:
+        return []
+    named = particles_in_cluster(ev.labels, cluster_map, int(cluster_id))
+    rows = {int(row["id"]): row for row in ev.table}
+    shape = tuple(ev.labels.shape)
+    return [
+        {**particle_position(rows[p["id"]], analysis.ctx, shape), **p} if p["id"] in rows else p
+        for p in named
+    ]
 
 
 def _jsonable_fields(obj: Any) -> dict[str, Any]:
