@@ -129,9 +129,9 @@ class SpectralCube:
         Row energies (eV, ascending), the cube view ``(n_rows, n_pixels)``, normalised rows,
         usable pixels, drift ``(dy, dx)`` px per row, energies as measured (NaN until a sample).
     mean_spectrum_ : ndarray, float64, shape (n_rows,)
-        Mean OD of each normalised row over its pixels (NaN where not ``ready_``), taken as the
-        row is stored (while it is in cache): the field's mean spectrum, which a live analysis
-        checks at every energy, without reading the whole cube again each time.
+        Mean OD of each normalised row (NaN where not ``ready_``) over up to 20 000 evenly spaced
+        pixels (``MEAN_SAMPLE_PIXELS``), taken as the row is stored: the field's mean spectrum,
+        which a live analysis checks at every energy, without reading the whole cube each time.
     n_received_ : int
         Sample stacks received.
     counters_ : dict of str to int
@@ -420,10 +420,19 @@ class SpectralCube:
         self._rows.means[row] = _row_mean(dst)
 
 
+MEAN_SAMPLE_PIXELS = 20_000
+"""Pixels (evenly spaced) of a row's mean in ``mean_spectrum_``: the sample
+:func:`~streamer.normalize.estimate_e0` takes by default, at a fixed cost per frame (0.2 ms of a
+2048x2048 frame instead of the 3 ms of a pass over its 16 MB)."""
+
+
 def _row_mean(row: np.ndarray) -> float:
-    """Mean of a stored row (float64 sum); over its finite values should any not be."""
-    mean = float(row.mean(dtype=np.float64))
+    """Mean of a stored row over up to ``MEAN_SAMPLE_PIXELS`` evenly spaced pixels (float64
+    sum); over their finite values should any not be."""
+    flat = row.reshape(-1)
+    sample = flat[:: max(1, flat.size // MEAN_SAMPLE_PIXELS)]
+    mean = float(sample.mean(dtype=np.float64))
     if math.isfinite(mean):
         return mean
-    finite = row[np.isfinite(row)]
+    finite = sample[np.isfinite(sample)]
     return float(finite.mean(dtype=np.float64)) if finite.size else math.nan

@@ -293,7 +293,7 @@ def test_mean_spectrum_follows_ready_rows_in_every_order():
         cube.add_flat(frames[i][1], energy=ENERGIES[i])
     cube.add_sample(frames[3][0], energy=ENERGIES[3])  # waits for its flat: not ready
     assert np.isnan(cube.mean_spectrum_[~cube.ready_]).all()
-    expected = cube.od_[cube.ready_].mean(axis=1, dtype=np.float64)
+    expected = cube.od_[cube.ready_].mean(axis=1, dtype=np.float64)  # 4096 px: all sampled
     np.testing.assert_allclose(cube.mean_spectrum_[cube.ready_], expected, rtol=1e-9)
     cube.add_sample(frames[1][0], energy=ENERGIES[0])  # a second sample replaces the first
     assert cube.counters_["duplicate_energy"] == 1
