@@ -199,6 +199,7 @@ def run_setting(name: str, *, seeds, n_fovs: int, size: int) -> dict[str, Any]:
     totals["planted_in_new_cluster"] = sum(
         (p["in_new_cluster_fraction"] or 0) >= 0.5 for p in planted
     )
+    totals["planted_named_by_new_cluster"] = sum(p["named_by_new_cluster"] for p in planted)
     return {
         "threshold_sweep": threshold_sweep(
             [x for r in per_seed for x in r["particle_scores"]],
@@ -311,6 +312,7 @@ def figures_of(res: dict[str, Any]) -> dict[str, dict]:
             "new_cluster_alerts": t["new_cluster_alerts"],
             "new_clusters_on_planted": t["new_clusters_on_planted"],
             "planted_in_new_cluster": t["planted_in_new_cluster"],
+            "planted_named_by_new_cluster": t["planted_named_by_new_cluster"],
             **where,
         },
         f"detection_{infix}false_per_100_normal": {

@@ -27,6 +27,16 @@ def _fired(session) -> dict[tuple[str, int], dict]:
     return fired
 
 
+def _named_by_new_clusters(session) -> set[tuple[str, int]]:
+    """(run, particle id) of every particle a ``new_cluster`` alert named."""
+    return {
+        (a["run_uid"], int(p["id"]))
+        for a in session.alerts
+        if a.get("kind") == "new_cluster" and a.get("status") == "firing"
+        for p in (a.get("extra") or {}).get("particles", [])
+    }
+
+
 def _overlaps_of(truth: np.ndarray, detected: np.ndarray | None, truth_id: int) -> dict:
     """Detected particle id -> fraction of truth particle ``truth_id`` it covers."""
     if detected is None:
@@ -68,6 +78,7 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
     session = result["analyzer"].session
     summaries = {s.info.run_uid: s for s in session.runs}
     fired = _fired(session)
+    named = _named_by_new_clusters(session)
     planted_rows, false_rows, retracted_rows, new_clusters, particle_scores = [], [], [], [], []
     decision_indices = []
     for s in scores:
@@ -129,6 +140,9 @@ def diagnose(scores, result: dict, evaluations: dict[str, list[dict]]) -> dict[s
                     "in_new_cluster_fraction": _fraction(
                         in_new_cluster, planted_mask & (labels == tid)
                     ),
+                    # the detected particle covering most of it, named by a new-cluster alert
+                    "named_by_new_cluster": bool(detected)
+                    and (s.run_uid, detected[0]["particle"]) in named,
                 }
             )
         detected_to_truth = _detected_to_truth(labels, summary.labels)

@@ -18,15 +18,17 @@ With ``backend="process"`` steps 1 to 4 run in a child process (:mod:`callbacks.
 an ordinary thread-backend analyzer); in the RunEngine's process this object only forwards the
 documents (:mod:`callbacks.process_backend`) and hands the alerts that come back to ``alerts``.
 
-Which backend, measured (``bench/bench_live.py``, the same 256x256 x 106-energy scan with and
-without the analyzer, 2 cores shared with other work, load 1-2): with the simulator computing
-frames on the RunEngine's thread flat out, the scan takes 1.23-1.40x as long with
-``backend="thread"`` (the GIL: ``nice`` and one BLAS thread did not help), 1.07-1.23x with
-``"process"`` at niceness 10 and 0.94-1.13x with ``"process"`` at ``nice="idle"`` (medians of
-5-6 scans; 0.96-1.24x through a bluesky 0MQ proxy to another process); with 0.1 s of detector
-time per trigger, 1.022-1.027x (thread) and 1.000-1.010x (process). Hence ``"process"`` with
-``"idle"`` for a RunEngine in the same process. In-band msgpack of the frames alone had cost the
-forwarding thread 0.27 s of GIL per scan; they now travel as zero-copy 0MQ frames.
+Which backend: ``bench/bench_live.py`` runs the same 256x256 x 106-energy scan with and without
+the analyzer (the simulator computing frames flat out on the RunEngine's thread, a worst case);
+``README.md`` and ``bench/results.json`` have the figures. With ``backend="thread"`` the scan
+is a third slower (the GIL; neither ``nice`` nor one BLAS thread helped). With ``"process"`` and
+``nice="idle"`` the child never takes the RunEngine's core: what is left of the slowdown is the
+child's memory traffic on the other core (a ``SCHED_IDLE`` counting loop there costs the scan
+nothing measurable, a process streaming 64 MB arrays about 20 %), which is why the analysis reads
+the cube as little as it can while frames arrive. With 0.1 s of detector time per trigger both
+backends stay within a few percent. Hence ``"process"`` with ``"idle"`` for a RunEngine in the
+same process. The frames travel to the child as zero-copy 0MQ frames (in-band msgpack had cost
+the forwarding thread 0.27 s of GIL per scan).
 """
 
 from __future__ import annotations
