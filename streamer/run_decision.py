@@ -10,6 +10,7 @@ serial replay and the alerts are the same.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -148,6 +149,8 @@ class RunDecider:
         scores = self.session.campaign.score_particles(
             self.info.fov_key, snap.table, provisional=not snap.final, early=early
         )
+        if early:
+            scores = self._hold_field_wide(scores, snap.energy_index)
         if early and self.early_table is None:
             self.early_table = snap.table
         self.book.particles(
@@ -163,6 +166,23 @@ class RunDecider:
         if snap.final:
             self.final = ev
         return ev
+
+    def _hold_field_wide(self, scores: list[Any], energy_index: int) -> list[Any]:
+        """Early scores, or none flagged when they flag most of the field (see
+        :func:`field_wide`): early values shifted for a whole field are not particle anomalies."""
+        flagged = sum(bool(s.anomalous) for s in scores)
+        if not field_wide(flagged, len(scores)):
+            return scores
+        log.warning(
+            "run %s: the early evaluation at energy %d flagged %d of %d particles, a shift of the "
+            "whole field's early values rather than so many anomalies: no early alert, the next "
+            "evaluation decides",
+            self.info.run_uid[:8],
+            energy_index,
+            flagged,
+            len(scores),
+        )
+        return [dataclasses.replace(s, anomalous=False) for s in scores]
 
     def finish(
         self,
@@ -189,3 +209,26 @@ class RunDecider:
     def end(self, *, evaluation: Evaluation | None) -> None:
         self.finished = True
         self.session.end_run(self, evaluation)
+
+
+EARLY_FIELD_WIDE_MIN = 3
+"""Fewest early-flagged particles that can be a field-wide shift (see :func:`field_wide`)."""
+EARLY_FIELD_WIDE_FRACTION = 0.5
+"""Fraction of a field's particles above which early flags are taken for a field-wide shift."""
+
+
+def field_wide(n_flagged: int, n_particles: int) -> bool:
+    """Whether an early evaluation flagging ``n_flagged`` of ``n_particles`` flags the field.
+
+    On a grid coarser than the seed study's, the fixed early reference 12-20 eV past the edge
+    holds one or two energies, and a field's early values can all shift together: on every other
+    seed-grid energy, the early evaluation of one 64x64 field flagged 3 of its 4 particles, all
+    resolved at the end (``docs/detection-results.md``). Anomalies are a few particles of a field;
+    more than half of them, and at least ``EARLY_FIELD_WIDE_MIN``, is the field.
+
+    Examples
+    --------
+    >>> field_wide(3, 4), field_wide(2, 4), field_wide(2, 2), field_wide(4, 12)
+    (True, False, False, False)
+    """
+    return n_flagged >= EARLY_FIELD_WIDE_MIN and n_flagged > EARLY_FIELD_WIDE_FRACTION * n_particles

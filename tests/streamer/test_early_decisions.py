@@ -176,3 +176,35 @@ def test_no_evaluation_on_a_spurious_edge_before_the_real_one(field):
         run.add_flat(frame, energy_ev=energy)
         run.add_sample(np.exp(-row).reshape(1, 64, 64), energy_ev=energy)
     assert not [p for k, p in recorder.steps if k == "evaluation"]
+
+
+@pytest.mark.parametrize("n_flagged, alerted", [(3, 0), (1, 1)])
+def test_an_early_evaluation_flagging_most_of_a_field_alerts_nothing(n_flagged, alerted, caplog):
+    from streamer.learning.particle_scoring import ParticleScore
+    from streamer.run_decision import RunDecider
+    from streamer.run_steps import EvaluationSnapshot
+    from streamer.session import AnalysisSession
+
+    table = _tables(1)[0][1][:4]
+    session = AnalysisSession()
+    flags = [i < n_flagged for i in range(len(table))]
+
+    def score_particles(fov_key, rows, *, provisional, early):
+        return [
+            ParticleScore(int(r["id"]), 9.0 if f else 1.0, 5.0, f, "reduced", provisional=True)
+            for r, f in zip(rows, flags, strict=True)
+        ]
+
+    session.campaign.score_particles = score_particles
+    info = RunInfo(run_uid="run-early", scan_id=1, planned_energies_ev=tuple(E))
+    decider = RunDecider(info, session=session)
+    snap = EvaluationSnapshot(
+        energy_index=55, final=False, aborted=False, shape=(64, 64), energies_ev=E[:56],
+        table=table, early=True,
+    )  # fmt: skip
+    ev = decider.evaluation(snap)
+    sent = [a for a in session.alerts if a["kind"] == "anomalous_particle"]
+    assert len(sent) == alerted
+    assert sum(s.anomalous for s in ev.scores) == alerted
+    if not alerted:
+        assert "rather than so many anomalies" in caplog.text
