@@ -35,7 +35,7 @@ def test_seed_grid_segment_early_one_provisional_then_the_final():
     n_provisional = answers[-1][1]
     # none within ``every`` energies of the end: the final evaluation decides as soon
     assert e.size - n_provisional >= policy.every
-    assert e[answers[0][1] - 1] >= E0 + 12.0  # segmented once 12 eV past the edge are in
+    assert e[answers[0][1] - 1] >= E0 + 16.0  # segmented once half the early window is in
 
 
 def test_no_plan_keeps_evaluating_every_few_energies():
