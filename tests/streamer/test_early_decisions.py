@@ -178,8 +178,10 @@ def test_no_evaluation_on_a_spurious_edge_before_the_real_one(field):
     assert not [p for k, p in recorder.steps if k == "evaluation"]
 
 
-@pytest.mark.parametrize("n_flagged, alerted", [(3, 0), (1, 1)])
-def test_an_early_evaluation_flagging_most_of_a_field_alerts_nothing(n_flagged, alerted, caplog):
+@pytest.mark.parametrize("n_flagged, alerted, early", [(3, 0, True), (3, 0, False), (1, 1, True)])
+def test_an_evaluation_before_the_end_flagging_most_of_a_field_alerts_nothing(
+    n_flagged, alerted, early, caplog
+):
     from streamer.learning.particle_scoring import ParticleScore
     from streamer.run_decision import RunDecider
     from streamer.run_steps import EvaluationSnapshot
@@ -200,7 +202,7 @@ def test_an_early_evaluation_flagging_most_of_a_field_alerts_nothing(n_flagged, 
     decider = RunDecider(info, session=session)
     snap = EvaluationSnapshot(
         energy_index=55, final=False, aborted=False, shape=(64, 64), energies_ev=E[:56],
-        table=table, early=True,
+        table=table, early=early,
     )  # fmt: skip
     ev = decider.evaluation(snap)
     sent = [a for a in session.alerts if a["kind"] == "anomalous_particle"]
