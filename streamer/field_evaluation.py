@@ -39,7 +39,7 @@ from scipy import ndimage
 from streamer.attribute_plan import plan_attributes
 from streamer.attributes import AttributeResult, compute_attributes, expected_validity
 from streamer.masks import thickness_mask_and_threshold
-from streamer.normalize import estimate_e0
+from streamer.normalize import EdgeWindows, estimate_e0
 from streamer.particles import odd_value_mask, particle_table, segment_particles
 from streamer.tracking import match_labels
 
@@ -209,9 +209,15 @@ class FieldEvaluator:
         return valid & pixel_valid if pixel_valid is not None else valid
 
     def _segment_only(self, energies_ev, od, e0_ev, pixel_valid) -> None:
-        result = self._attributes(energies_ev, od, e0_ev, edge_jump_only=True)
+        image = contrast_image(energies_ev, od, e0_ev)
+        if image is None:  # nothing past the edge or no pre-edge yet: the edge jump of all pixels
+            result = self._attributes(energies_ev, od, e0_ev, edge_jump_only=True)
+            valid = self._valid(result, pixel_valid)
+            image = result.values["edge_jump"]
+        else:
+            valid = np.isfinite(image) if pixel_valid is None else pixel_valid & np.isfinite(image)
         self.n_segmentations_ += 1
-        self._segment(np.where(self._valid(result, pixel_valid), result.values["edge_jump"], 0.0))
+        self._segment(np.where(valid, image, 0.0))
 
     def _full(self, energies_ev, od, e0_ev, pixel_valid) -> FieldEvaluation | None:
         result = self._attributes(energies_ev, od, e0_ev)
@@ -288,6 +294,41 @@ class FieldEvaluator:
             reused_labels=reused,
             early=self._stage_early,
         )
+
+
+CONTRAST_PAST_EDGE_EV = 5.0
+"""Energies from this far past the edge (eV) up to the newest make :func:`contrast_image`."""
+CONTRAST_PRE_EDGE_ROWS = 10
+"""Pre-edge energies (the last ones of the pre-edge window) :func:`contrast_image` subtracts."""
+
+
+def contrast_image(energies_ev, od: np.ndarray, e0_ev: float) -> np.ndarray | None:
+    """Absorber contrast of every pixel for segmenting a field ahead of its early evaluation.
+
+    The mean OD from ``CONTRAST_PAST_EDGE_EV`` past the edge to the newest energy (the rise and
+    the white line) minus the mean OD of the last ``CONTRAST_PRE_EDGE_ROWS`` energies of the
+    pre-edge window: proportional to the edge jump within a particle's chemistry, less noisy than
+    an edge jump whose post-edge rests on the few energies of the early reference in so far, and
+    two row means instead of the attribute kernel over every pixel (10-20 ms instead of
+    0.15-0.2 s of a 512x512 field, time taken from the frames arriving meanwhile). ``None`` when
+    there is no pre-edge energy or nothing past the edge yet.
+
+    Examples
+    --------
+    >>> e = np.arange(7600.0, 7760.0, 1.0)
+    >>> od = np.where(e > 7722.0, 1.0, 0.1)[:, None] * np.array([[0.0, 1.0, 2.0]])
+    >>> [round(float(v), 2) for v in contrast_image(e, od.astype(np.float32), 7722.0)]
+    [0.0, 0.9, 1.8]
+    """
+    e = np.asarray(energies_ev, dtype=np.float64)
+    pre_lo, pre_hi = EdgeWindows().pre
+    pre = np.flatnonzero((e >= e0_ev + pre_lo) & (e <= e0_ev + pre_hi))[-CONTRAST_PRE_EDGE_ROWS:]
+    post = np.flatnonzero(e >= e0_ev + CONTRAST_PAST_EDGE_EV)
+    if pre.size == 0 or post.size == 0:
+        return None
+    # the rows are ascending: slices, no copy of the cube
+    after = od[post[0] : post[-1] + 1].mean(axis=0, dtype=np.float32)
+    return after - od[pre[0] : pre[-1] + 1].mean(axis=0, dtype=np.float32)
 
 
 _NEIGHBOURS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
