@@ -246,7 +246,12 @@ def plan_normalization(
     return _cached_plan(e.tobytes(), float(e0_ev), windows or EdgeWindows())
 
 
-def estimate_e0(energies_ev, mu, *, max_pixels: int = 20000) -> float | None:
+MEAN_SAMPLE_PIXELS = 20_000
+"""Evenly spaced pixels of a field's mean spectrum (:func:`estimate_e0`,
+:func:`edge_significance`, and the cube's ``mean_spectrum_``)."""
+
+
+def estimate_e0(energies_ev, mu, *, max_pixels: int = MEAN_SAMPLE_PIXELS) -> float | None:
     """Nominal edge energy of a field of view: the maximum of the mean spectrum's derivative.
 
     The mean is over up to ``max_pixels`` evenly spaced pixels with finite values; the derivative
@@ -282,7 +287,12 @@ def estimate_e0(energies_ev, mu, *, max_pixels: int = 20000) -> float | None:
 
 
 def edge_significance(
-    energies_ev, mu, *, e0_ev: float, windows: EdgeWindows | None = None, max_pixels: int = 20000
+    energies_ev,
+    mu,
+    *,
+    e0_ev: float,
+    windows: EdgeWindows | None = None,
+    max_pixels: int = MEAN_SAMPLE_PIXELS,
 ) -> float:
     """How clearly the field's mean spectrum has an edge at ``e0_ev``: its edge jump over the
     scatter of its pre-edge points about their line.

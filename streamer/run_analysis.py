@@ -215,6 +215,15 @@ class RunAnalysis:
         elif action == "segment":
             self._prepare_early(n_ready, e0)
 
+    def _planned_in_order(self, n_ready: int) -> np.ndarray | None:
+        """The planned grid when its first ``n_ready`` energies are the ones normalised (the
+        energies arrive in their planned order, so coming evaluations' grids are known), else
+        ``None``; ``None`` too before the field's evaluator exists."""
+        planned = self.cube.energies_
+        if self.field is None or not self.info.planned_energies_ev or n_ready > planned.size:
+            return None
+        return planned if self.cube.ready_[:n_ready].all() else None
+
     def _prepare(self, n_ready: int, e0: float) -> None:
         """Build the operators of the next evaluation's grid while the frames are coming in.
 
@@ -222,10 +231,8 @@ class RunAnalysis:
         one, and the next evaluation's grid is its first ``schedule.next_at_`` energies); after the
         last provisional evaluation, for the complete grid.
         """
-        planned = self.cube.energies_
-        if self.field is None or not self.info.planned_energies_ev or n_ready > planned.size:
-            return
-        if not self.cube.ready_[:n_ready].all():
+        planned = self._planned_in_order(n_ready)
+        if planned is None:
             return
         n_next = min(self.schedule.next_at_, planned.size)
         if self.schedule.final_is_near(n_next):  # no provisional evaluation there: the final one
@@ -238,10 +245,8 @@ class RunAnalysis:
         that of the first planned grid on which the ``early`` attributes are early-valid (when
         the energies arrive in their planned order), so the evaluation an alert waits for does
         not spend 20-30 ms of a 512x512 field on them."""
-        planned = self.cube.energies_
-        if self.field is None or not self.info.planned_energies_ev or n_ready > planned.size:
-            return
-        if not self.cube.ready_[:n_ready].all():
+        planned = self._planned_in_order(n_ready)
+        if planned is None:
             return
         for n_next in range(n_ready + 1, planned.size + 1):
             if self.field.early_ready(planned[:n_next], e0_ev=e0):

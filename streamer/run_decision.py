@@ -216,7 +216,8 @@ class RunDecider:
 FIELD_WIDE_MIN = 3
 """Fewest particles flagged before the end that can be a field-wide shift (:func:`field_wide`)."""
 FIELD_WIDE_FRACTION = 0.5
-"""Fraction of a field's particles above which early flags are taken for a field-wide shift."""
+"""Fraction of a field's particles above which flags before the end are taken for a field-wide
+shift."""
 
 
 def field_wide(n_flagged: int, n_particles: int) -> bool:
